@@ -1,0 +1,24 @@
+//! evstream's ingest path: one place where an event is accepted and one where it is acknowledged.
+//!
+//! Layout:
+//! - [`pipeline`]: `Pipeline::ingest` runs validate -> enrich -> filter -> route -> sinks and returns the broker's ack.
+//! - [`enrich`]: server-side fields (`id`, `receivedAt`, `schemaVersion`, `correlationId`).
+//! - [`route`]: which topics an event goes to, and the Kafka record headers (CloudEvents Kafka binding).
+//! - [`sinks`]: `kafka` (rdkafka, idempotent, acks=all) and `redis_stream` (pipelined `XADD` per tenant).
+//! - [`dead_letter`]: rejected events and undeliverable ones, with a reason code, on `evstream.deadletter`.
+//! - [`config_log`]: tenants, API keys and stream configs in a compacted topic every instance replays and tails.
+//! - [`tenant_stats`]: per-tenant rates, rejects and latency in Redis, shared by all instances.
+//! - [`topics`]: creating the topics evstream needs.
+//! - [`metric_names`]: every Prometheus metric name, in one place.
+
+pub mod config_log;
+pub mod dead_letter;
+pub mod enrich;
+pub mod metric_names;
+pub mod pipeline;
+pub mod route;
+pub mod sinks;
+pub mod tenant_stats;
+pub mod topics;
+
+pub use pipeline::{Accepted, IngestError, Outcome, Pipeline, PipelineConfig, Scope};

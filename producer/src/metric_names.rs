@@ -1,0 +1,26 @@
+//! Every metric evstream exports. Labels come from bounded sets only (see each constant).
+
+/// counter {route, method, status}
+pub const HTTP_REQUESTS_TOTAL: &str = "evstream_http_requests_total";
+/// histogram {route}
+pub const HTTP_REQUEST_DURATION_SECONDS: &str = "evstream_http_request_duration_seconds";
+/// gauge
+pub const HTTP_REQUESTS_IN_FLIGHT: &str = "evstream_http_requests_in_flight";
+/// counter {tenant, event_type, source}; tenant is a registered tenant, source a catalog source or `custom`
+pub const EVENTS_ACCEPTED_TOTAL: &str = "evstream_events_accepted_total";
+/// counter {tenant, reason}; tenant is `unknown` when not registered
+pub const EVENTS_REJECTED_TOTAL: &str = "evstream_events_rejected_total";
+/// counter {tenant, reason}
+pub const EVENTS_FILTERED_TOTAL: &str = "evstream_events_filtered_total";
+/// histogram: request received -> broker acknowledged
+pub const INGEST_DURATION_SECONDS: &str = "evstream_ingest_duration_seconds";
+/// histogram
+pub const KAFKA_PRODUCE_DURATION_SECONDS: &str = "evstream_kafka_produce_duration_seconds";
+/// counter {reason}
+pub const KAFKA_PRODUCE_ERRORS_TOTAL: &str = "evstream_kafka_produce_errors_total";
+/// counter {result = ok|error|dropped}
+pub const REDIS_STREAM_WRITES_TOTAL: &str = "evstream_redis_stream_writes_total";
+/// counter {reason}
+pub const DEADLETTER_TOTAL: &str = "evstream_deadletter_total";
+/// counter {kind}
+pub const CONFIG_RECORDS_APPLIED_TOTAL: &str = "evstream_config_records_applied_total";

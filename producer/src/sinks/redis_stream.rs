@@ -1,0 +1,263 @@
+//! The Redis Streams sink: the real-time window of each tenant, one stream per tenant
+//! (`evstream:{tenant}:events`). Writes happen after the Kafka ack on a background task that drains a bounded
+//! queue and pipelines `XADD ... MAXLEN ~ n` for a whole batch in one round trip, then trims by age (`MINID ~`)
+//! from the tenant's `retentionDays`. Reads (`XREVRANGE`) and live tails (`XREAD BLOCK`) serve the HTTP API.
+
+use crate::metric_names as m;
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
+use redis::AsyncCommands;
+use schemas::{EventType, TenantId};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Most entries one pipeline carries.
+const MAX_PIPELINE: usize = 512;
+
+#[derive(Debug, Clone)]
+pub struct RedisStreamSinkConfig {
+    pub url: String,
+    /// Bound on events waiting to be written; beyond it new ones are dropped and counted (Kafka has them).
+    pub queue_capacity: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedisStreamSinkError {
+    #[error("redis unavailable")]
+    Unavailable(#[from] redis::RedisError),
+}
+
+/// One event on its way to a tenant stream.
+pub struct StreamEntry {
+    pub tenant: TenantId,
+    pub event_id: String,
+    pub event_type: EventType,
+    pub source: String,
+    pub json: Arc<[u8]>,
+    pub max_len: u64,
+    pub retention_ms: u64,
+}
+
+#[derive(Clone)]
+pub struct RedisStreamSink {
+    tx: mpsc::Sender<StreamEntry>,
+    conn: ConnectionManager,
+    client: redis::Client,
+}
+
+/// A filter on reads: every given field must match.
+#[derive(Debug, Clone, Default)]
+pub struct ReadFilter {
+    pub event_type: Option<EventType>,
+    pub source: Option<String>,
+    /// Only entries at or after this time (milliseconds since the epoch).
+    pub since_ms: Option<u64>,
+}
+
+impl ReadFilter {
+    fn matches(&self, id: &StreamId) -> bool {
+        self.event_type
+            .is_none_or(|t| field(id, "type").as_deref() == Some(t.as_str()))
+            && self
+                .source
+                .as_deref()
+                .is_none_or(|s| field(id, "source").as_deref() == Some(s))
+    }
+}
+
+pub fn stream_key(tenant: &TenantId) -> String {
+    format!("evstream:{tenant}:events")
+}
+
+fn field(id: &StreamId, name: &str) -> Option<String> {
+    id.get::<String>(name)
+}
+
+pub async fn connect(url: &str) -> Result<(redis::Client, ConnectionManager), redis::RedisError> {
+    let client = redis::Client::open(url)?;
+    let cfg = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Duration::from_secs(2))
+        .set_response_timeout(Duration::from_secs(2))
+        .set_number_of_retries(2)
+        .set_max_delay(500);
+    let conn = ConnectionManager::new_with_config(client.clone(), cfg).await?;
+    Ok((client, conn))
+}
+
+impl RedisStreamSinkConfig {
+    pub fn build(&self, client: redis::Client, conn: ConnectionManager) -> RedisStreamSink {
+        let (tx, rx) = mpsc::channel(self.queue_capacity);
+        tokio::spawn(writer(conn.clone(), rx));
+        RedisStreamSink { tx, conn, client }
+    }
+}
+
+impl RedisStreamSink {
+    /// Queues an event for its tenant stream. Never waits: a full queue drops the entry and counts it.
+    pub fn enqueue(&self, entry: StreamEntry) {
+        if self.tx.try_send(entry).is_err() {
+            metrics::counter!(m::REDIS_STREAM_WRITES_TOTAL, "result" => "dropped").increment(1);
+        }
+    }
+
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    pub async fn healthcheck(&self) -> Result<(), RedisStreamSinkError> {
+        let mut c = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut c).await?;
+        Ok(())
+    }
+
+    /// Newest first, up to `limit` entries that pass `filter`. Scans at most `limit * 20` entries so that a rare
+    /// filter cannot turn one request into a full scan.
+    pub async fn read(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+        filter: &ReadFilter,
+    ) -> Result<Vec<serde_json::Value>, RedisStreamSinkError> {
+        let key = stream_key(tenant);
+        let mut conn = self.conn.clone();
+        let mut out = Vec::with_capacity(limit.min(1000));
+        let mut end = "+".to_string();
+        let start = filter
+            .since_ms
+            .map(|ms| ms.to_string())
+            .unwrap_or_else(|| "-".into());
+        let page = limit.clamp(10, 1000);
+        let mut budget = limit.saturating_mul(20).max(1000);
+        loop {
+            let reply: StreamRangeReply = conn.xrevrange_count(&key, &end, &start, page).await?;
+            let n = reply.ids.len();
+            for id in &reply.ids {
+                if filter.matches(id) {
+                    if let Some(v) = id
+                        .get::<Vec<u8>>("event")
+                        .and_then(|b| serde_json::from_slice(&b).ok())
+                    {
+                        out.push(v);
+                        if out.len() >= limit {
+                            return Ok(out);
+                        }
+                    }
+                }
+            }
+            budget = budget.saturating_sub(n);
+            match reply.ids.last() {
+                Some(last) if n == page && budget > 0 => end = format!("({}", last.id),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// A live tail: a dedicated connection (a blocking read would stall a shared one) that yields entries added
+    /// after the call, in order, that pass `filter`.
+    pub async fn tail(
+        &self,
+        tenant: &TenantId,
+        filter: ReadFilter,
+    ) -> Result<mpsc::Receiver<serde_json::Value>, RedisStreamSinkError> {
+        let mut conn = self.client.get_multiplexed_async_connection().await?;
+        let key = stream_key(tenant);
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(async move {
+            let mut last = "$".to_string();
+            let opts = redis::streams::StreamReadOptions::default()
+                .block(5_000)
+                .count(100);
+            loop {
+                let reply: Result<Option<StreamReadReply>, _> =
+                    conn.xread_options(&[&key], &[&last], &opts).await;
+                let reply = match reply {
+                    Ok(Some(r)) => r,
+                    Ok(None) => {
+                        if tx.is_closed() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "tail read failed");
+                        return;
+                    }
+                };
+                for k in reply.keys {
+                    for id in k.ids {
+                        last = id.id.clone();
+                        if filter.matches(&id) {
+                            if let Some(v) = id
+                                .get::<Vec<u8>>("event")
+                                .and_then(|b| serde_json::from_slice(&b).ok())
+                            {
+                                if tx.send(v).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
+
+/// Drains the queue in batches; one pipeline per batch. A failed batch is retried briefly, then dropped and
+/// counted: Kafka remains the system of record, Redis is the real-time window.
+async fn writer(mut conn: ConnectionManager, mut rx: mpsc::Receiver<StreamEntry>) {
+    let mut batch = Vec::with_capacity(MAX_PIPELINE);
+    while rx.recv_many(&mut batch, MAX_PIPELINE).await > 0 {
+        let mut pipe = redis::pipe();
+        let now_ms =
+            u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
+                .unwrap_or(0);
+        let mut trims: HashMap<&TenantId, u64> = HashMap::new();
+        for e in &batch {
+            pipe.cmd("XADD")
+                .arg(stream_key(&e.tenant))
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(e.max_len)
+                .arg("*")
+                .arg("id")
+                .arg(&e.event_id)
+                .arg("type")
+                .arg(e.event_type.as_str())
+                .arg("source")
+                .arg(&e.source)
+                .arg("event")
+                .arg(&*e.json)
+                .ignore();
+            trims.insert(&e.tenant, e.retention_ms);
+        }
+        for (tenant, retention_ms) in trims {
+            pipe.cmd("XTRIM")
+                .arg(stream_key(tenant))
+                .arg("MINID")
+                .arg("~")
+                .arg(now_ms.saturating_sub(retention_ms))
+                .ignore();
+        }
+        let mut ok = false;
+        for attempt in 0..3u32 {
+            match pipe.query_async::<()>(&mut conn).await {
+                Ok(()) => {
+                    ok = true;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "redis stream write failed");
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
+            }
+        }
+        let result = if ok { "ok" } else { "error" };
+        metrics::counter!(m::REDIS_STREAM_WRITES_TOTAL, "result" => result)
+            .increment(batch.len() as u64);
+        batch.clear();
+    }
+}

@@ -1,0 +1,358 @@
+//! The event envelope. Untrusted JSON becomes an [`EventDraft`] through [`parse_event`], which checks every field
+//! and reports all that is wrong at once; the producer's `enrich` step turns a draft into an [`Event`].
+
+use crate::catalog::{Catalog, EventType};
+use crate::field::FieldError;
+use crate::ids::{EventId, SourceName, TenantId};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+/// The version of the envelope written to Kafka and Redis.
+pub const SCHEMA_VERSION: &str = "1.0";
+
+/// Longest `action`, `entityId`, `entityType`.
+const MAX_SHORT_STRING: usize = 256;
+
+/// An event as stored: every field present, server fields filled in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    pub id: EventId,
+    pub tenant_id: TenantId,
+    pub event_type: EventType,
+    pub source: SourceName,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entity_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entity_type: Option<String>,
+    pub data: Map<String, Value>,
+    pub metadata: Map<String, Value>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub occurred_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+    pub schema_version: String,
+    pub correlation_id: String,
+}
+
+/// An event as a client sent it, checked but not yet enriched.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventDraft {
+    pub id: Option<EventId>,
+    pub tenant_id: TenantId,
+    pub event_type: EventType,
+    pub source: SourceName,
+    pub action: Option<String>,
+    pub entity_id: Option<String>,
+    pub entity_type: Option<String>,
+    pub data: Map<String, Value>,
+    pub metadata: Map<String, Value>,
+    pub occurred_at: Option<OffsetDateTime>,
+    pub correlation_id: Option<String>,
+}
+
+const KNOWN_FIELDS: &[&str] = &[
+    "id",
+    "tenantId",
+    "eventType",
+    "source",
+    "action",
+    "entityId",
+    "entityType",
+    "data",
+    "metadata",
+    "occurredAt",
+    "correlationId",
+    // Set by evstream; accepted (and overwritten) so that an event read back can be re-posted as it is.
+    "receivedAt",
+    "schemaVersion",
+];
+
+/// Best-effort tenant id of a document, for routing a rejection to the right tenant's counters.
+pub fn peek_tenant(v: &Value) -> Option<TenantId> {
+    v.get("tenantId")
+        .and_then(Value::as_str)
+        .and_then(|s| TenantId::new(s).ok())
+}
+
+/// Checks an untrusted JSON value field by field. Every problem found is returned, each naming its field.
+pub fn parse_event(v: &Value, catalog: &Catalog) -> Result<EventDraft, Vec<FieldError>> {
+    let Some(obj) = v.as_object() else {
+        return Err(vec![FieldError::new(
+            "",
+            "wrong_type",
+            "an event must be a JSON object",
+        )]);
+    };
+    let mut errs = Vec::new();
+    for k in obj.keys() {
+        if !KNOWN_FIELDS.contains(&k.as_str()) {
+            let mut shown: String = k.chars().take(64).collect();
+            if shown.len() < k.len() {
+                shown.push('…');
+            }
+            errs.push(FieldError::new(
+                shown.clone(),
+                "unknown_field",
+                format!("unknown field `{shown}`"),
+            ));
+        }
+    }
+
+    let id = opt_str(obj, "id", &mut errs).and_then(|s| {
+        EventId::new(s)
+            .map_err(|e| errs.push(FieldError::new("id", "invalid_id", e.to_string())))
+            .ok()
+    });
+    let tenant_id = match req_str(obj, "tenantId", &mut errs) {
+        Some(s) => TenantId::new(s)
+            .map_err(|e| errs.push(FieldError::new("tenantId", "invalid_tenant", e.to_string())))
+            .ok(),
+        None => None,
+    };
+    let event_type = match req_str(obj, "eventType", &mut errs) {
+        Some(s) => {
+            match EventType::parse(s) {
+                Some(t) => Some(t),
+                None => {
+                    let shown: String = s.chars().take(64).collect();
+                    errs.push(FieldError::new(
+                    "eventType",
+                    "unknown_event_type",
+                    format!("`{shown}` is not in the event-type catalog (GET /event-types lists them)"),
+                ));
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let source = match req_str(obj, "source", &mut errs) {
+        Some(s) => SourceName::new(s)
+            .map_err(|e| errs.push(FieldError::new("source", "invalid_source", e.to_string())))
+            .ok(),
+        None => None,
+    };
+    let action = short_str(obj, "action", &mut errs);
+    let entity_id = short_str(obj, "entityId", &mut errs);
+    let entity_type = short_str(obj, "entityType", &mut errs);
+    let correlation_id =
+        opt_str(obj, "correlationId", &mut errs).and_then(|s| match EventId::new(s) {
+            Ok(_) => Some(s.to_string()),
+            Err(_) => {
+                errs.push(FieldError::new(
+                    "correlationId",
+                    "invalid_id",
+                    "correlationId must be 1-128 printable ASCII characters without spaces",
+                ));
+                None
+            }
+        });
+    let data = opt_object(obj, "data", &mut errs);
+    let metadata = opt_object(obj, "metadata", &mut errs);
+    let occurred_at = opt_str(obj, "occurredAt", &mut errs).and_then(|s| {
+        OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+            .map_err(|_| {
+                errs.push(FieldError::new(
+                    "occurredAt",
+                    "invalid_timestamp",
+                    "occurredAt must be an RFC 3339 timestamp, e.g. 2026-01-31T12:00:00Z",
+                ))
+            })
+            .ok()
+    });
+
+    if let (Some(t), Some(_)) = (event_type, data.as_ref()) {
+        let empty = Value::Object(Map::new());
+        let target = match obj.get("data") {
+            Some(v @ Value::Object(_)) => v,
+            _ => &empty,
+        };
+        if let Err(mut e) = catalog.validate_data(t, target) {
+            errs.append(&mut e);
+        }
+    }
+
+    match (tenant_id, event_type, source, data, metadata) {
+        (Some(tenant_id), Some(event_type), Some(source), Some(data), Some(metadata))
+            if errs.is_empty() =>
+        {
+            Ok(EventDraft {
+                id,
+                tenant_id,
+                event_type,
+                source,
+                action,
+                entity_id,
+                entity_type,
+                data,
+                metadata,
+                occurred_at,
+                correlation_id,
+            })
+        }
+        _ => Err(errs),
+    }
+}
+
+fn req_str<'a>(
+    obj: &'a Map<String, Value>,
+    f: &str,
+    errs: &mut Vec<FieldError>,
+) -> Option<&'a str> {
+    match obj.get(f) {
+        None | Some(Value::Null) => {
+            errs.push(FieldError::missing(f));
+            None
+        }
+        Some(Value::String(s)) => Some(s),
+        Some(_) => {
+            errs.push(FieldError::wrong_type(f, "a string"));
+            None
+        }
+    }
+}
+
+fn opt_str<'a>(
+    obj: &'a Map<String, Value>,
+    f: &str,
+    errs: &mut Vec<FieldError>,
+) -> Option<&'a str> {
+    match obj.get(f) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => {
+            errs.push(FieldError::wrong_type(f, "a string"));
+            None
+        }
+    }
+}
+
+fn short_str(obj: &Map<String, Value>, f: &str, errs: &mut Vec<FieldError>) -> Option<String> {
+    let s = opt_str(obj, f, errs)?;
+    if s.len() > MAX_SHORT_STRING || s.chars().any(char::is_control) {
+        errs.push(FieldError::new(
+            f,
+            "invalid_value",
+            format!("`{f}` must be at most {MAX_SHORT_STRING} bytes without control characters"),
+        ));
+        return None;
+    }
+    Some(s.to_string())
+}
+
+/// `Some(map)` when absent (empty) or an object; `None` after recording a type error.
+fn opt_object(
+    obj: &Map<String, Value>,
+    f: &str,
+    errs: &mut Vec<FieldError>,
+) -> Option<Map<String, Value>> {
+    match obj.get(f) {
+        None | Some(Value::Null) => Some(Map::new()),
+        Some(Value::Object(m)) => Some(m.clone()),
+        Some(_) => {
+            errs.push(FieldError::wrong_type(f, "a JSON object"));
+            None
+        }
+    }
+}
+
+impl Event {
+    /// Looks up a dot path (`data.score`, `metadata.region`, `eventType`) in the event's JSON form.
+    pub fn field(&self, path: &str) -> Option<Value> {
+        let mut parts = path.split('.');
+        let head = parts.next()?;
+        let root: Value = match head {
+            "data" => return walk(&self.data, parts),
+            "metadata" => return walk(&self.metadata, parts),
+            "id" => self.id.as_str().into(),
+            "tenantId" => self.tenant_id.as_str().into(),
+            "eventType" => self.event_type.as_str().into(),
+            "source" => self.source.as_str().into(),
+            "action" => self.action.clone()?.into(),
+            "entityId" => self.entity_id.clone()?.into(),
+            "entityType" => self.entity_type.clone()?.into(),
+            "correlationId" => self.correlation_id.clone().into(),
+            _ => return None,
+        };
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(root)
+    }
+}
+
+fn walk<'a>(map: &Map<String, Value>, mut parts: impl Iterator<Item = &'a str>) -> Option<Value> {
+    let first = parts.next()?;
+    let mut cur = map.get(first)?;
+    for p in parts {
+        cur = match cur {
+            Value::Object(m) => m.get(p)?,
+            Value::Array(a) => a.get(p.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(cur.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cat() -> Catalog {
+        Catalog::new()
+    }
+
+    #[test]
+    fn minimal_event_parses() {
+        let d = parse_event(&json!({"tenantId":"t1","eventType":"RISK_CREATED","source":"FRONTEND_APP","data":{"test":true}}), &cat()).unwrap();
+        assert_eq!(d.tenant_id.as_str(), "t1");
+        assert_eq!(d.event_type, EventType::RISK_CREATED);
+        assert!(d.id.is_none());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_field() {
+        let errs = parse_event(&json!({"tenantId": 5, "eventType": "NOPE", "data": [], "occurredAt": "yesterday", "extra": 1}), &cat()).unwrap_err();
+        let fields: Vec<_> = errs.iter().map(|e| (e.field.as_str(), e.code)).collect();
+        assert!(fields.contains(&("tenantId", "wrong_type")), "{fields:?}");
+        assert!(fields.contains(&("eventType", "unknown_event_type")));
+        assert!(fields.contains(&("source", "missing_field")));
+        assert!(fields.contains(&("data", "wrong_type")));
+        assert!(fields.contains(&("occurredAt", "invalid_timestamp")));
+        assert!(fields.contains(&("extra", "unknown_field")));
+    }
+
+    #[test]
+    fn not_an_object() {
+        assert_eq!(
+            parse_event(&json!([1]), &cat()).unwrap_err()[0].code,
+            "wrong_type"
+        );
+    }
+
+    #[test]
+    fn schema_violation_in_data() {
+        let errs = parse_event(&json!({"tenantId":"t","eventType":"RISK_CREATED","source":"AWS","data":{"riskScore":"x"}}), &cat()).unwrap_err();
+        assert_eq!(errs[0].field, "data.riskScore");
+        assert_eq!(errs[0].code, "schema_violation");
+    }
+
+    static CATALOG: std::sync::LazyLock<Catalog> = std::sync::LazyLock::new(Catalog::new);
+
+    proptest::proptest! {
+        /// Arbitrary JSON never panics the parser, and anything it accepts has a valid tenant.
+        #[test]
+        fn parser_total(s in "\\PC{0,200}") {
+            if let Ok(v) = serde_json::from_str::<Value>(&s) {
+                if let Ok(d) = parse_event(&v, &CATALOG) {
+                    proptest::prop_assert!(TenantId::new(d.tenant_id.as_str()).is_ok());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! evstream's shared vocabulary: the event envelope, the event-type catalog with its JSON Schemas, and the
+//! per-tenant stream configuration. Pure data and validation; no I/O, no async.
+//!
+//! Layout:
+//! - [`ids`]: validated newtypes (`TenantId`, `EventId`, `TopicName`, `SourceName`).
+//! - [`catalog`]: the event types and known sources, and the JSON Schema of each type's `data`.
+//! - [`event`]: the envelope as stored in Kafka and Redis, and [`event::parse_event`] for untrusted input.
+//! - [`config`]: the per-tenant stream configuration (`PUT /stream-config/{tenant}`).
+//! - [`field`]: `FieldError`, the one shape every validation failure takes (field path, code, message).
+
+pub mod catalog;
+pub mod cloudevents;
+pub mod config;
+pub mod event;
+pub mod field;
+pub mod ids;
+
+pub use catalog::{Catalog, EventType};
+pub use config::StreamConfig;
+pub use event::Event;
+pub use field::FieldError;
+pub use ids::{EventId, SourceName, TenantId, TopicName};
