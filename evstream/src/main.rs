@@ -1,1 +1,25 @@
-fn main() {}
+//! The evstream binary: parses flags, initialises telemetry, and runs the chosen role(s).
+//! `serve` runs every role in one process; `api`, `alerts` and `change-feed` run one role each so that roles
+//! scale out separately; `bench` measures the ingest path.
+
+mod bench;
+mod cli;
+mod platform;
+
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    let cli = cli::Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EVSTREAM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn,librdkafka=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        match cli.command {
+            cli::Command::Serve(o) | cli::Command::Api(o) => platform::run_api(o).await,
+            cli::Command::Alerts(o) => platform::run_unavailable_role("alerts", &o),
+            cli::Command::ChangeFeed(o) => platform::run_unavailable_role("change-feed", &o),
+            cli::Command::Bench(b) => bench::run(b).await,
+        }
+    })
+}

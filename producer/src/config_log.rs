@@ -32,26 +32,10 @@ const KEPT_VERDICTS: usize = 4096;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ConfigRecord {
-    Tenant {
-        tenant: TenantId,
-        name: String,
-        created_at: String,
-    },
-    ApiKey {
-        key_id: String,
-        tenant: TenantId,
-        hash: String,
-        created_at: String,
-    },
-    AdminKey {
-        hash: String,
-    },
-    StreamConfig {
-        tenant: TenantId,
-        version: u64,
-        config: StreamConfig,
-        updated_at: String,
-    },
+    Tenant { tenant: TenantId, name: String, created_at: String },
+    ApiKey { key_id: String, tenant: TenantId, hash: String, created_at: String },
+    AdminKey { hash: String },
+    StreamConfig { tenant: TenantId, version: u64, config: StreamConfig, updated_at: String },
 }
 
 impl ConfigRecord {
@@ -131,29 +115,13 @@ pub struct State {
 impl State {
     pub fn apply(&mut self, r: ConfigRecord) -> Verdict {
         match r {
-            ConfigRecord::Tenant {
-                tenant,
-                name,
-                created_at,
-            } => {
+            ConfigRecord::Tenant { tenant, name, created_at } => {
                 if self.tenants.contains_key(&tenant) {
                     return Verdict::Refused(Refusal::TenantExists);
                 }
-                self.tenants.insert(
-                    tenant.clone(),
-                    Tenant {
-                        id: tenant,
-                        name,
-                        created_at,
-                    },
-                );
+                self.tenants.insert(tenant.clone(), Tenant { id: tenant, name, created_at });
             }
-            ConfigRecord::ApiKey {
-                key_id,
-                tenant,
-                hash,
-                ..
-            } => {
+            ConfigRecord::ApiKey { key_id, tenant, hash, .. } => {
                 if !self.tenants.contains_key(&tenant) {
                     return Verdict::Refused(Refusal::UnknownTenant);
                 }
@@ -165,12 +133,7 @@ impl State {
                 }
                 self.admin_hash = Some(hash);
             }
-            ConfigRecord::StreamConfig {
-                tenant,
-                version,
-                config,
-                updated_at,
-            } => {
+            ConfigRecord::StreamConfig { tenant, version, config, updated_at } => {
                 if !self.tenants.contains_key(&tenant) {
                     return Verdict::Refused(Refusal::UnknownTenant);
                 }
@@ -199,11 +162,7 @@ impl State {
                 }
                 self.configs.insert(
                     tenant,
-                    VersionedConfig {
-                        version,
-                        config: Arc::new(config),
-                        updated_at: Some(updated_at),
-                    },
+                    VersionedConfig { version, config: Arc::new(config), updated_at: Some(updated_at) },
                 );
             }
         }
@@ -259,10 +218,7 @@ pub struct ConfigLog {
 
 impl ConfigLog {
     /// Starts replaying and tailing the log. Returns at once; [`ConfigLog::wait_caught_up`] waits for the replay.
-    pub fn start(
-        cfg: &ConfigLogConfig,
-        static_admin_key: Option<&str>,
-    ) -> Result<Self, KafkaError> {
+    pub fn start(cfg: &ConfigLogConfig, static_admin_key: Option<&str>) -> Result<Self, KafkaError> {
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &cfg.brokers)
             .set("enable.idempotence", "true")
@@ -272,10 +228,7 @@ impl ConfigLog {
             .create()?;
         let consumer: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", &cfg.brokers)
-            .set(
-                "group.id",
-                format!("evstream-config-{}", uuid::Uuid::new_v4()),
-            )
+            .set("group.id", format!("evstream-config-{}", uuid::Uuid::new_v4()))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
@@ -293,11 +246,7 @@ impl ConfigLog {
             static_admin_hash: static_admin_key.map(hash_key),
         });
         tokio::spawn(tail(consumer, shared.clone()));
-        Ok(Self {
-            shared,
-            producer,
-            topic: cfg.topic.clone(),
-        })
+        Ok(Self { shared, producer, topic: cfg.topic.clone() })
     }
 
     pub fn is_caught_up(&self) -> bool {
@@ -307,9 +256,7 @@ impl ConfigLog {
     /// Waits for the replay to reach the end of the log as it stood at start, up to `timeout`.
     pub async fn wait_caught_up(&self, timeout: Duration) -> bool {
         let mut rx = self.shared.caught_up.subscribe();
-        let ok = tokio::time::timeout(timeout, rx.wait_for(|c| *c))
-            .await
-            .is_ok();
+        let ok = tokio::time::timeout(timeout, rx.wait_for(|c| *c)).await.is_ok();
         ok
     }
 
@@ -317,29 +264,14 @@ impl ConfigLog {
     pub async fn propose(&self, r: &ConfigRecord) -> Result<Verdict, ConfigLogError> {
         let payload = serde_json::to_vec(r)?;
         let key = r.key();
-        let rec = FutureRecord::to(&self.topic)
-            .partition(0)
-            .key(&key)
-            .payload(&payload);
-        let d = self
-            .producer
-            .send(rec, Timeout::After(Duration::ZERO))
-            .await
-            .map_err(|(e, _)| e)?;
+        let rec = FutureRecord::to(&self.topic).partition(0).key(&key).payload(&payload);
+        let d = self.producer.send(rec, Timeout::After(Duration::ZERO)).await.map_err(|(e, _)| e)?;
         let offset = d.offset;
         let mut rx = self.shared.applied.subscribe();
-        if tokio::time::timeout(APPLY_WAIT, rx.wait_for(|next| *next > offset))
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(APPLY_WAIT, rx.wait_for(|next| *next > offset)).await.is_err() {
             return Err(ConfigLogError::NotApplied { offset });
         }
-        let verdict = self
-            .shared
-            .verdicts
-            .lock()
-            .map(|v| v.get(&offset).cloned())
-            .unwrap_or(None);
+        let verdict = self.shared.verdicts.lock().map(|v| v.get(&offset).cloned()).unwrap_or(None);
         verdict.ok_or(ConfigLogError::NotApplied { offset })
     }
 
@@ -362,16 +294,11 @@ impl ConfigLog {
     pub fn stream_config(&self, t: &TenantId) -> Option<VersionedConfig> {
         self.read(|s| {
             s.tenants.get(t)?;
-            Some(
-                s.configs
-                    .get(t)
-                    .cloned()
-                    .unwrap_or_else(|| VersionedConfig {
-                        version: 0,
-                        config: Arc::new(StreamConfig::default()),
-                        updated_at: None,
-                    }),
-            )
+            Some(s.configs.get(t).cloned().unwrap_or_else(|| VersionedConfig {
+                version: 0,
+                config: Arc::new(StreamConfig::default()),
+                updated_at: None,
+            }))
         })
     }
 
@@ -386,15 +313,10 @@ impl ConfigLog {
             return Some(Principal::Admin);
         }
         self.read(|s| {
-            if s.admin_hash.as_deref() == Some(h.as_str())
-                && self.shared.static_admin_hash.is_none()
-            {
+            if s.admin_hash.as_deref() == Some(h.as_str()) && self.shared.static_admin_hash.is_none() {
                 return Some(Principal::Admin);
             }
-            s.keys.get(&h).map(|k| Principal::Tenant {
-                tenant: k.tenant.clone(),
-                key_id: k.key_id.clone(),
-            })
+            s.keys.get(&h).map(|k| Principal::Tenant { tenant: k.tenant.clone(), key_id: k.key_id.clone() })
         })
     }
 }
@@ -423,13 +345,8 @@ async fn tail(consumer: StreamConsumer, shared: Arc<Shared>) {
                 let verdict = match msg.payload().map(serde_json::from_slice::<ConfigRecord>) {
                     Some(Ok(r)) => {
                         let kind = r.kind();
-                        let v = shared
-                            .state
-                            .write()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .apply(r);
-                        metrics::counter!(m::CONFIG_RECORDS_APPLIED_TOTAL, "kind" => kind)
-                            .increment(1);
+                        let v = shared.state.write().unwrap_or_else(|p| p.into_inner()).apply(r);
+                        metrics::counter!(m::CONFIG_RECORDS_APPLIED_TOTAL, "kind" => kind).increment(1);
                         Some(v)
                     }
                     // A tombstone or a record from a newer version: skip, but keep the offset moving.
@@ -451,10 +368,7 @@ async fn tail(consumer: StreamConsumer, shared: Arc<Shared>) {
 
 fn mark_caught_up(shared: &Shared, started: Instant) {
     if !shared.caught_up.send_replace(true) {
-        tracing::info!(
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "configuration log replayed"
-        );
+        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "configuration log replayed");
     }
 }
 
@@ -479,30 +393,17 @@ mod tests {
     }
 
     fn tenant_rec(tenant: &str) -> ConfigRecord {
-        ConfigRecord::Tenant {
-            tenant: t(tenant),
-            name: tenant.into(),
-            created_at: String::new(),
-        }
+        ConfigRecord::Tenant { tenant: t(tenant), name: tenant.into(), created_at: String::new() }
     }
 
     #[test]
     fn versions_only_move_forward() {
         let mut s = State::default();
-        assert_eq!(
-            s.apply(cfg_rec("a", 1, &[])),
-            Verdict::Refused(Refusal::UnknownTenant)
-        );
+        assert_eq!(s.apply(cfg_rec("a", 1, &[])), Verdict::Refused(Refusal::UnknownTenant));
         assert_eq!(s.apply(tenant_rec("a")), Verdict::Applied);
-        assert_eq!(
-            s.apply(tenant_rec("a")),
-            Verdict::Refused(Refusal::TenantExists)
-        );
+        assert_eq!(s.apply(tenant_rec("a")), Verdict::Refused(Refusal::TenantExists));
         assert_eq!(s.apply(cfg_rec("a", 1, &[])), Verdict::Applied);
-        assert_eq!(
-            s.apply(cfg_rec("a", 1, &[])),
-            Verdict::Refused(Refusal::VersionConflict { current: 1 })
-        );
+        assert_eq!(s.apply(cfg_rec("a", 1, &[])), Verdict::Refused(Refusal::VersionConflict { current: 1 }));
         // After compaction a replay may jump versions.
         assert_eq!(s.apply(cfg_rec("a", 5, &[])), Verdict::Applied);
     }
@@ -513,10 +414,7 @@ mod tests {
         s.apply(tenant_rec("a"));
         s.apply(tenant_rec("b"));
         assert_eq!(s.apply(cfg_rec("a", 1, &["x"])), Verdict::Applied);
-        assert!(matches!(
-            s.apply(cfg_rec("b", 1, &["x"])),
-            Verdict::Refused(Refusal::TopicOwned { .. })
-        ));
+        assert!(matches!(s.apply(cfg_rec("b", 1, &["x"])), Verdict::Refused(Refusal::TopicOwned { .. })));
         // Releasing it lets the other tenant take it.
         assert_eq!(s.apply(cfg_rec("a", 2, &["y"])), Verdict::Applied);
         assert_eq!(s.apply(cfg_rec("b", 1, &["x"])), Verdict::Applied);

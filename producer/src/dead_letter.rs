@@ -41,17 +41,9 @@ impl DeadLetters {
     }
 
     /// Sends in the background. `original` is the raw JSON of the rejected item.
-    pub fn send(
-        &self,
-        reason: &'static str,
-        tenant: Option<&str>,
-        errors: &[FieldError],
-        original: &str,
-    ) {
-        let cut = (0..=original.len().min(MAX_ORIGINAL_BYTES))
-            .rev()
-            .find(|i| original.is_char_boundary(*i))
-            .unwrap_or(0);
+    pub fn send(&self, reason: &'static str, tenant: Option<&str>, errors: &[FieldError], original: &str) {
+        let cut =
+            (0..=original.len().min(MAX_ORIGINAL_BYTES)).rev().find(|i| original.is_char_boundary(*i)).unwrap_or(0);
         let dl = DeadLetter {
             reason,
             tenant_id: tenant,
@@ -71,14 +63,8 @@ impl DeadLetters {
         metrics::counter!(m::DEADLETTER_TOTAL, "reason" => reason).increment(1);
         tokio::spawn(async move {
             let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: "reason",
-                    value: Some(reason),
-                })
-                .insert(Header {
-                    key: "tenant_id",
-                    value: Some(key.as_str()),
-                });
+                .insert(Header { key: "reason", value: Some(reason) })
+                .insert(Header { key: "tenant_id", value: Some(key.as_str()) });
             if let Err(e) = sink.send(&topic, &key, &payload, headers, false).await {
                 tracing::warn!(error = %e, reason, "dead letter not written");
             }

@@ -6,16 +6,10 @@ use time::OffsetDateTime;
 
 /// Fills `id` (UUIDv7) when absent, `receivedAt`, `schemaVersion`, `occurredAt` (defaults to receipt time) and
 /// `correlationId` (the client's, else the request's `X-Correlation-Id`, else the event id).
-pub fn enrich(
-    d: EventDraft,
-    received_at: OffsetDateTime,
-    request_correlation: Option<&str>,
-) -> Event {
+pub fn enrich(d: EventDraft, received_at: OffsetDateTime, request_correlation: Option<&str>) -> Event {
     let id = d.id.unwrap_or_else(EventId::generate);
-    let correlation_id = d
-        .correlation_id
-        .or_else(|| request_correlation.map(str::to_string))
-        .unwrap_or_else(|| id.as_str().to_string());
+    let correlation_id =
+        d.correlation_id.or_else(|| request_correlation.map(str::to_string)).unwrap_or_else(|| id.as_str().to_string());
     Event {
         id,
         tenant_id: d.tenant_id,
@@ -48,12 +42,7 @@ mod tests {
         .unwrap();
         let now = OffsetDateTime::now_utc();
         let e = enrich(d, now, Some("req-1"));
-        assert_eq!(
-            uuid::Uuid::parse_str(e.id.as_str())
-                .unwrap()
-                .get_version_num(),
-            7
-        );
+        assert_eq!(uuid::Uuid::parse_str(e.id.as_str()).unwrap().get_version_num(), 7);
         assert_eq!(e.correlation_id, "req-1");
         assert_eq!(e.occurred_at, now);
         assert_eq!(e.schema_version, SCHEMA_VERSION);

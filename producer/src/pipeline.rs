@@ -120,17 +120,7 @@ impl Pipeline {
         stats: TenantStats,
         dead: DeadLetters,
     ) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                catalog: Catalog::new(),
-                kafka,
-                redis,
-                configs,
-                stats,
-                dead,
-                cfg,
-            }),
-        }
+        Self { inner: Arc::new(Inner { catalog: Catalog::new(), kafka, redis, configs, stats, dead, cfg }) }
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -161,9 +151,7 @@ impl Pipeline {
         received_at: OffsetDateTime,
         correlation: Option<&str>,
     ) -> Result<Outcome, IngestError> {
-        let res = self
-            .ingest_inner(v, scope, started, received_at, correlation)
-            .await;
+        let res = self.ingest_inner(v, scope, started, received_at, correlation).await;
         if let Err(e) = &res {
             self.count_rejection(v, e);
         }
@@ -187,68 +175,45 @@ impl Pipeline {
         }
         let draft = parse_event(v, &i.catalog).map_err(|errors| IngestError::Invalid { errors })?;
         let Some(vc) = i.configs.stream_config(&draft.tenant_id) else {
-            return Err(IngestError::UnknownTenant {
-                tenant: draft.tenant_id,
-            });
+            return Err(IngestError::UnknownTenant { tenant: draft.tenant_id });
         };
         let cfg = vc.config;
         if !cfg.enabled {
-            return Err(IngestError::TenantDisabled {
-                tenant: draft.tenant_id,
-            });
+            return Err(IngestError::TenantDisabled { tenant: draft.tenant_id });
         }
         if !cfg.source_allowed(&draft.source) {
-            return Err(IngestError::SourceNotAllowed {
-                source_name: draft.source.to_string(),
-            });
+            return Err(IngestError::SourceNotAllowed { source_name: draft.source.to_string() });
         }
         let event = enrich(draft, received_at, correlation);
         let source = source_label(event.source.as_str());
         if cfg.filter(&event) == FilterOutcome::NoFilterMatched {
             let reason = "no_filter_matched";
             i.stats.filtered(&event.tenant_id, reason);
-            metrics::counter!(m::EVENTS_FILTERED_TOTAL, "tenant" => event.tenant_id.to_string(), "reason" => reason).increment(1);
-            return Ok(Outcome::Filtered {
-                id: event.id,
-                reason,
-            });
+            metrics::counter!(m::EVENTS_FILTERED_TOTAL, "tenant" => event.tenant_id.to_string(), "reason" => reason)
+                .increment(1);
+            return Ok(Outcome::Filtered { id: event.id, reason });
         }
         let json: Arc<[u8]> = serde_json::to_vec(&event)
-            .map_err(|e| IngestError::Invalid {
-                errors: vec![FieldError::new("", "unencodable", e.to_string())],
-            })?
+            .map_err(|e| IngestError::Invalid { errors: vec![FieldError::new("", "unencodable", e.to_string())] })?
             .into();
         let topics = route::topics(&cfg, &i.cfg.default_topic);
         let key = event.tenant_id.as_str();
-        let sends = topics.iter().map(|t| {
-            i.kafka.send(
-                t,
-                key,
-                &json,
-                route::headers(&event),
-                cfg.compression_enabled,
-            )
-        });
+        let sends = topics.iter().map(|t| i.kafka.send(t, key, &json, route::headers(&event), cfg.compression_enabled));
         let results = futures::future::join_all(sends).await;
         let mut placements = Vec::with_capacity(results.len());
         for (t, r) in topics.iter().zip(results) {
             match r {
-                Ok(d) => placements.push(Placement {
-                    topic: (*t).to_string(),
-                    partition: d.partition,
-                    offset: d.offset,
-                }),
-                Err(e @ KafkaSinkError::Retriable { .. }) => {
-                    return Err(IngestError::Unavailable(e))
+                Ok(d) => {
+                    placements.push(Placement { topic: (*t).to_string(), partition: d.partition, offset: d.offset })
                 }
+                Err(e @ KafkaSinkError::Retriable { .. }) => return Err(IngestError::Unavailable(e)),
                 Err(e @ KafkaSinkError::Final { .. }) => return Err(IngestError::Undeliverable(e)),
             }
         }
         let elapsed = started.elapsed();
         metrics::histogram!(m::INGEST_DURATION_SECONDS).record(elapsed.as_secs_f64());
         metrics::counter!(m::EVENTS_ACCEPTED_TOTAL, "tenant" => event.tenant_id.to_string(), "event_type" => event.event_type.as_str(), "source" => source).increment(1);
-        i.stats
-            .accepted(&event.tenant_id, event.event_type.as_str(), source, elapsed);
+        i.stats.accepted(&event.tenant_id, event.event_type.as_str(), source, elapsed);
         if cfg.destination_enabled(DestinationKind::Redis) {
             i.redis.enqueue(StreamEntry {
                 tenant: event.tenant_id.clone(),
@@ -276,11 +241,8 @@ impl Pipeline {
         let i = &self.inner;
         let reason = e.code();
         let tenant = peek_tenant(v).filter(|t| i.configs.tenant(t).is_some());
-        let label = tenant
-            .as_ref()
-            .map_or_else(|| "unknown".to_string(), ToString::to_string);
-        metrics::counter!(m::EVENTS_REJECTED_TOTAL, "tenant" => label, "reason" => reason)
-            .increment(1);
+        let label = tenant.as_ref().map_or_else(|| "unknown".to_string(), ToString::to_string);
+        metrics::counter!(m::EVENTS_REJECTED_TOTAL, "tenant" => label, "reason" => reason).increment(1);
         if let Some(t) = &tenant {
             i.stats.rejected(t, reason);
         }
@@ -290,9 +252,7 @@ impl Pipeline {
             | IngestError::SourceNotAllowed { .. }
             | IngestError::Undeliverable(_) => tenant.is_some(),
             // Nothing to record: not the caller's tenant, no such tenant, or a retry will follow.
-            IngestError::Forbidden { .. }
-            | IngestError::UnknownTenant { .. }
-            | IngestError::Unavailable(_) => false,
+            IngestError::Forbidden { .. } | IngestError::UnknownTenant { .. } | IngestError::Unavailable(_) => false,
         };
         if dead_letter {
             let errors = match e {
@@ -300,12 +260,7 @@ impl Pipeline {
                 _ => &[],
             };
             let original = serde_json::to_string(v).unwrap_or_default();
-            i.dead.send(
-                reason,
-                tenant.as_ref().map(TenantId::as_str),
-                errors,
-                &original,
-            );
+            i.dead.send(reason, tenant.as_ref().map(TenantId::as_str), errors, &original);
         }
     }
 }

@@ -17,39 +17,15 @@ pub fn topics<'a>(cfg: &'a StreamConfig, default_topic: &'a str) -> Vec<&'a str>
 
 /// CloudEvents Kafka protocol binding headers (`ce_*`) plus `tenant_id` and `content-type`.
 pub fn headers(e: &Event) -> OwnedHeaders {
-    let time = e
-        .occurred_at
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
+    let time = e.occurred_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
     OwnedHeaders::new_with_capacity(8)
-        .insert(Header {
-            key: "ce_specversion",
-            value: Some("1.0"),
-        })
-        .insert(Header {
-            key: "ce_id",
-            value: Some(e.id.as_str()),
-        })
-        .insert(Header {
-            key: "ce_type",
-            value: Some(e.event_type.as_str()),
-        })
-        .insert(Header {
-            key: "ce_source",
-            value: Some(e.source.as_str()),
-        })
-        .insert(Header {
-            key: "ce_time",
-            value: Some(time.as_str()),
-        })
-        .insert(Header {
-            key: "tenant_id",
-            value: Some(e.tenant_id.as_str()),
-        })
-        .insert(Header {
-            key: "content-type",
-            value: Some("application/json"),
-        })
+        .insert(Header { key: "ce_specversion", value: Some("1.0") })
+        .insert(Header { key: "ce_id", value: Some(e.id.as_str()) })
+        .insert(Header { key: "ce_type", value: Some(e.event_type.as_str()) })
+        .insert(Header { key: "ce_source", value: Some(e.source.as_str()) })
+        .insert(Header { key: "ce_time", value: Some(time.as_str()) })
+        .insert(Header { key: "tenant_id", value: Some(e.tenant_id.as_str()) })
+        .insert(Header { key: "content-type", value: Some("application/json") })
 }
 
 #[cfg(test)]
@@ -59,10 +35,7 @@ mod tests {
     #[test]
     fn default_or_own_topics() {
         let mut cfg = StreamConfig::default();
-        assert_eq!(
-            topics(&cfg, DEFAULT_EVENTS_TOPIC),
-            vec![DEFAULT_EVENTS_TOPIC]
-        );
+        assert_eq!(topics(&cfg, DEFAULT_EVENTS_TOPIC), vec![DEFAULT_EVENTS_TOPIC]);
         cfg.topics = vec![TopicName::new("a").unwrap(), TopicName::new("b").unwrap()];
         assert_eq!(topics(&cfg, DEFAULT_EVENTS_TOPIC), vec!["a", "b"]);
     }

@@ -15,23 +15,8 @@ use std::time::Duration;
 const BUCKET_SECS: u64 = 10;
 const BUCKET_TTL_SECS: i64 = 600;
 /// Upper bounds (ms) of the latency histogram buckets; the last is open.
-const LATENCY_BOUNDS_MS: &[f64] = &[
-    0.5,
-    1.0,
-    2.0,
-    5.0,
-    10.0,
-    20.0,
-    50.0,
-    100.0,
-    200.0,
-    500.0,
-    1000.0,
-    2000.0,
-    5000.0,
-    10000.0,
-    f64::INFINITY,
-];
+const LATENCY_BOUNDS_MS: &[f64] =
+    &[0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, f64::INFINITY];
 
 #[derive(Default)]
 struct Acc {
@@ -80,10 +65,7 @@ fn key(t: &TenantId, bucket: &str) -> String {
 impl TenantStats {
     /// Starts the once-a-second flusher.
     pub fn start(conn: ConnectionManager) -> Self {
-        let s = Self {
-            pending: Default::default(),
-            conn,
-        };
+        let s = Self { pending: Default::default(), conn };
         let f = s.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -106,15 +88,8 @@ impl TenantStats {
 
     pub fn accepted(&self, t: &TenantId, event_type: &str, source: &str, latency: Duration) {
         let ms = latency.as_secs_f64() * 1000.0;
-        let b = LATENCY_BOUNDS_MS
-            .iter()
-            .position(|x| ms <= *x)
-            .unwrap_or(LATENCY_BOUNDS_MS.len() - 1);
-        let (ty, src, lat) = (
-            format!("type:{event_type}"),
-            format!("source:{source}"),
-            format!("lat:{b}"),
-        );
+        let b = LATENCY_BOUNDS_MS.iter().position(|x| ms <= *x).unwrap_or(LATENCY_BOUNDS_MS.len() - 1);
+        let (ty, src, lat) = (format!("type:{event_type}"), format!("source:{source}"), format!("lat:{b}"));
         self.bump(t, &[("accepted", 1), (&ty, 1), (&src, 1), (&lat, 1)]);
     }
 
@@ -172,12 +147,10 @@ impl TenantStats {
         let total = &replies[0];
         let buckets = &replies[1..];
         // Bucket 0 is the current, partial one; the 1-minute rate covers it and the 5 before it.
-        let sum = |range: std::ops::Range<usize>, f: &str| -> i64 {
-            buckets[range].iter().filter_map(|h| h.get(f)).sum()
-        };
+        let sum =
+            |range: std::ops::Range<usize>, f: &str| -> i64 { buckets[range].iter().filter_map(|h| h.get(f)).sum() };
         let one_min = (60 / BUCKET_SECS) as usize;
-        let secs_into =
-            (time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64 % BUCKET_SECS) as f64;
+        let secs_into = (time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64 % BUCKET_SECS) as f64;
         let span_1m = (one_min as f64 - 1.0) * BUCKET_SECS as f64 + secs_into.max(1.0);
         let span_5m = (n_buckets as f64 - 1.0) * BUCKET_SECS as f64 + secs_into.max(1.0);
         let mut lat = vec![0i64; LATENCY_BOUNDS_MS.len()];
@@ -197,10 +170,7 @@ impl TenantStats {
             }
         }
         let prefixed = |p: &str| -> HashMap<String, i64> {
-            total
-                .iter()
-                .filter_map(|(f, n)| f.strip_prefix(p).map(|r| (r.to_string(), *n)))
-                .collect()
+            total.iter().filter_map(|(f, n)| f.strip_prefix(p).map(|r| (r.to_string(), *n))).collect()
         };
         Ok(TenantMetrics {
             tenant_id: t.to_string(),
@@ -221,10 +191,7 @@ impl TenantStats {
 }
 
 fn top(m: HashMap<String, i64>) -> Vec<Count> {
-    let mut v: Vec<Count> = m
-        .into_iter()
-        .map(|(name, count)| Count { name, count })
-        .collect();
+    let mut v: Vec<Count> = m.into_iter().map(|(name, count)| Count { name, count }).collect();
     v.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.name.cmp(&b.name)));
     v.truncate(10);
     v
@@ -241,11 +208,7 @@ fn percentile(hist: &[i64], q: f64) -> Option<f64> {
         seen += n;
         if seen >= rank {
             let b = LATENCY_BOUNDS_MS[i];
-            return Some(if b.is_finite() {
-                b
-            } else {
-                LATENCY_BOUNDS_MS[i - 1]
-            });
+            return Some(if b.is_finite() { b } else { LATENCY_BOUNDS_MS[i - 1] });
         }
     }
     None

@@ -18,10 +18,7 @@ pub struct TopicSpec {
 #[derive(Debug, thiserror::Error)]
 pub enum TopicError {
     #[error("cannot create topic {topic}: {code:?}")]
-    Create {
-        topic: String,
-        code: RDKafkaErrorCode,
-    },
+    Create { topic: String, code: RDKafkaErrorCode },
     #[error("kafka admin request failed")]
     Kafka(#[from] KafkaError),
 }
@@ -45,11 +42,7 @@ impl Topics {
         let new: Vec<NewTopic<'_>> = specs
             .iter()
             .map(|s| {
-                let t = NewTopic::new(
-                    &s.name,
-                    s.partitions,
-                    TopicReplication::Fixed(s.replication),
-                );
+                let t = NewTopic::new(&s.name, s.partitions, TopicReplication::Fixed(s.replication));
                 if s.compacted {
                     compact.iter().fold(t, |t, (k, v)| t.set(k, v))
                 } else {

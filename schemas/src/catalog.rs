@@ -77,8 +77,7 @@ impl Serialize for EventType {
 impl<'de> Deserialize<'de> for EventType {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        EventType::parse(&s)
-            .ok_or_else(|| serde::de::Error::custom(format!("unknown event type `{s}`")))
+        EventType::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("unknown event type `{s}`")))
     }
 }
 
@@ -100,11 +99,7 @@ pub const KNOWN_SOURCES: &[&str] = &[
 
 /// The metric label for a source: the source itself when it is a known one, else `custom` (bounded label set).
 pub fn source_label(source: &str) -> &'static str {
-    KNOWN_SOURCES
-        .iter()
-        .find(|s| **s == source)
-        .copied()
-        .unwrap_or("custom")
+    KNOWN_SOURCES.iter().find(|s| **s == source).copied().unwrap_or("custom")
 }
 
 /// Compiled JSON Schemas for every event type. Build once at start-up and share.
@@ -122,10 +117,9 @@ impl Catalog {
         let validators = EventType::ALL
             .iter()
             .map(|t| {
-                let schema: serde_json::Value = serde_json::from_str(t.schema_text())
-                    .unwrap_or_else(|e| panic!("schema for {t} is not JSON: {e}"));
-                jsonschema::draft202012::new(&schema)
-                    .unwrap_or_else(|e| panic!("schema for {t} is invalid: {e}"))
+                let schema: serde_json::Value =
+                    serde_json::from_str(t.schema_text()).unwrap_or_else(|e| panic!("schema for {t} is not JSON: {e}"));
+                jsonschema::draft202012::new(&schema).unwrap_or_else(|e| panic!("schema for {t} is invalid: {e}"))
             })
             .collect();
         Self { validators }
@@ -137,11 +131,7 @@ impl Catalog {
     }
 
     /// Validates `data` against the schema of `t`; errors name the field as `data.<path>`.
-    pub fn validate_data(
-        &self,
-        t: EventType,
-        data: &serde_json::Value,
-    ) -> Result<(), Vec<FieldError>> {
+    pub fn validate_data(&self, t: EventType, data: &serde_json::Value) -> Result<(), Vec<FieldError>> {
         let v = &self.validators[t as usize];
         if v.is_valid(data) {
             return Ok(());
@@ -154,10 +144,7 @@ impl Catalog {
                 let field = pointer_to_dot_path("data", &pointer);
                 let mut msg = e.to_string();
                 if msg.len() > 200 {
-                    let cut = (0..=200)
-                        .rev()
-                        .find(|i| msg.is_char_boundary(*i))
-                        .unwrap_or(0);
+                    let cut = (0..=200).rev().find(|i| msg.is_char_boundary(*i)).unwrap_or(0);
                     msg.truncate(cut);
                     msg.push('…');
                 }
@@ -216,18 +203,12 @@ mod tests {
     #[test]
     fn examples_match_their_labels() {
         let cat = Catalog::new();
-        let examples: serde_json::Value =
-            serde_json::from_str(include_str!("../json/examples.json")).unwrap();
+        let examples: serde_json::Value = serde_json::from_str(include_str!("../json/examples.json")).unwrap();
         for t in EventType::ALL {
             let ex = &examples[t.as_str()];
             assert!(ex.is_object(), "no example for {t}");
-            assert!(
-                cat.validate_data(*t, &ex["valid"]).is_ok(),
-                "{t} valid example rejected"
-            );
-            let errs = cat
-                .validate_data(*t, &ex["invalid"]["data"])
-                .expect_err("invalid example accepted");
+            assert!(cat.validate_data(*t, &ex["valid"]).is_ok(), "{t} valid example rejected");
+            let errs = cat.validate_data(*t, &ex["invalid"]["data"]).expect_err("invalid example accepted");
             assert!(errs.iter().all(|e| e.field.starts_with("data")), "{errs:?}");
         }
     }
@@ -235,9 +216,7 @@ mod tests {
     #[test]
     fn schema_errors_name_the_field() {
         let cat = Catalog::new();
-        let errs = cat
-            .validate_data(EventType::RISK_CREATED, &json!({"riskScore": "high"}))
-            .unwrap_err();
+        let errs = cat.validate_data(EventType::RISK_CREATED, &json!({"riskScore": "high"})).unwrap_err();
         assert_eq!(errs[0].field, "data.riskScore");
         assert_eq!(pointer_to_dot_path("data", "/a/0/b~1c"), "data.a[0].b/c");
     }

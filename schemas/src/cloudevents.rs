@@ -36,23 +36,14 @@ fn event_type(t: &str) -> String {
 }
 
 fn is_json_content_type(ct: &str) -> bool {
-    let ct = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let ct = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     ct == "application/json" || ct.ends_with("+json")
 }
 
 /// Maps a structured-mode CloudEvent (already parsed JSON) to an envelope document.
 pub fn from_structured(ce: &Value) -> Result<Value, Vec<FieldError>> {
     let Some(obj) = ce.as_object() else {
-        return Err(vec![FieldError::new(
-            "",
-            "wrong_type",
-            "a CloudEvent must be a JSON object",
-        )]);
+        return Err(vec![FieldError::new("", "wrong_type", "a CloudEvent must be a JSON object")]);
     };
     let mut attrs: Vec<(String, Value)> = Vec::new();
     let mut data = None;
@@ -88,18 +79,11 @@ pub fn from_binary(
             )]);
         }
     }
-    let attrs = headers
-        .into_iter()
-        .map(|(k, v)| (k, Value::String(v)))
-        .collect();
+    let attrs = headers.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
     build(attrs, body, "ce-")
 }
 
-fn build(
-    attrs: Vec<(String, Value)>,
-    data: Option<Value>,
-    prefix: &str,
-) -> Result<Value, Vec<FieldError>> {
+fn build(attrs: Vec<(String, Value)>, data: Option<Value>, prefix: &str) -> Result<Value, Vec<FieldError>> {
     let mut errs = Vec::new();
     let mut out = Map::new();
     let mut metadata = Map::new();
@@ -142,9 +126,7 @@ fn build(
                 None => {
                     let ok_name = !other.is_empty()
                         && other.len() <= 20
-                        && other
-                            .bytes()
-                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+                        && other.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
                     if ok_name {
                         metadata.insert(format!("ce_{other}"), v);
                     } else {
@@ -195,8 +177,10 @@ mod tests {
 
     #[test]
     fn structured_maps_to_envelope() {
-        let v = from_structured(&json!({"specversion":"1.0","id":"e1","type":"com.acme.RISK_CREATED","source":"FRONTEND_APP",
-            "time":"2026-01-01T00:00:00Z","subject":"risk-1","tenantid":"t1","region":"eu","data":{"riskScore":3}}))
+        let v = from_structured(
+            &json!({"specversion":"1.0","id":"e1","type":"com.acme.RISK_CREATED","source":"FRONTEND_APP",
+            "time":"2026-01-01T00:00:00Z","subject":"risk-1","tenantid":"t1","region":"eu","data":{"riskScore":3}}),
+        )
         .unwrap();
         assert_eq!(v["eventType"], "RISK_CREATED");
         assert_eq!(v["tenantId"], "t1");
@@ -211,15 +195,9 @@ mod tests {
         let e = from_structured(&json!({"id":"x"})).unwrap_err();
         let f: Vec<_> = e.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(f, vec!["specversion", "type", "tenantid"]);
-        let e = from_binary(
-            vec![
-                ("specversion".into(), "0.3".into()),
-                ("type".into(), "RISK_CREATED".into()),
-            ],
-            None,
-            None,
-        )
-        .unwrap_err();
+        let e =
+            from_binary(vec![("specversion".into(), "0.3".into()), ("type".into(), "RISK_CREATED".into())], None, None)
+                .unwrap_err();
         assert_eq!(e[0].field, "ce-specversion");
         assert_eq!(e[1].field, "ce-tenantid");
     }

@@ -103,16 +103,8 @@ fn default_batch_size() -> u32 {
 }
 fn default_destinations() -> Vec<Destination> {
     vec![
-        Destination {
-            kind: DestinationKind::Kafka,
-            enabled: true,
-            config: DestinationConfig::default(),
-        },
-        Destination {
-            kind: DestinationKind::Redis,
-            enabled: true,
-            config: DestinationConfig::default(),
-        },
+        Destination { kind: DestinationKind::Kafka, enabled: true, config: DestinationConfig::default() },
+        Destination { kind: DestinationKind::Redis, enabled: true, config: DestinationConfig::default() },
     ]
 }
 
@@ -177,11 +169,7 @@ impl StreamConfig {
     fn check(&self) -> Result<(), Vec<FieldError>> {
         let mut errs = Vec::new();
         if self.topics.len() > MAX_TOPICS {
-            errs.push(FieldError::new(
-                "topics",
-                "too_many",
-                format!("at most {MAX_TOPICS} topics"),
-            ));
+            errs.push(FieldError::new("topics", "too_many", format!("at most {MAX_TOPICS} topics")));
         }
         for (i, t) in self.topics.iter().enumerate() {
             if t.as_str().starts_with("evstream.") || t.as_str().starts_with("__") {
@@ -192,19 +180,11 @@ impl StreamConfig {
                 ));
             }
             if self.topics[..i].contains(t) {
-                errs.push(FieldError::new(
-                    format!("topics[{i}]"),
-                    "duplicate",
-                    "topic listed twice",
-                ));
+                errs.push(FieldError::new(format!("topics[{i}]"), "duplicate", "topic listed twice"));
             }
         }
         if self.filters.len() > MAX_FILTERS {
-            errs.push(FieldError::new(
-                "filters",
-                "too_many",
-                format!("at most {MAX_FILTERS} filters"),
-            ));
+            errs.push(FieldError::new("filters", "too_many", format!("at most {MAX_FILTERS} filters")));
         }
         for (i, f) in self.filters.iter().enumerate() {
             for k in f.conditions.keys() {
@@ -238,13 +218,11 @@ impl StreamConfig {
                     "invalid_value",
                     "maxLen applies to the redis destination only",
                 )),
-                (DestinationKind::Redis, Some(n)) if n == 0 || n > MAX_REDIS_MAX_LEN => {
-                    errs.push(FieldError::new(
-                        format!("destinations[{i}].config.maxLen"),
-                        "out_of_range",
-                        format!("maxLen must be 1..={MAX_REDIS_MAX_LEN}"),
-                    ))
-                }
+                (DestinationKind::Redis, Some(n)) if n == 0 || n > MAX_REDIS_MAX_LEN => errs.push(FieldError::new(
+                    format!("destinations[{i}].config.maxLen"),
+                    "out_of_range",
+                    format!("maxLen must be 1..={MAX_REDIS_MAX_LEN}"),
+                )),
                 _ => {}
             }
         }
@@ -256,11 +234,7 @@ impl StreamConfig {
             ));
         }
         if !(1..=MAX_BATCH_SIZE).contains(&self.batch_size) {
-            errs.push(FieldError::new(
-                "batchSize",
-                "out_of_range",
-                format!("batchSize must be 1..={MAX_BATCH_SIZE}"),
-            ));
+            errs.push(FieldError::new("batchSize", "out_of_range", format!("batchSize must be 1..={MAX_BATCH_SIZE}")));
         }
         if errs.is_empty() {
             Ok(())
@@ -270,9 +244,7 @@ impl StreamConfig {
     }
 
     pub fn destination_enabled(&self, kind: DestinationKind) -> bool {
-        self.destinations
-            .iter()
-            .any(|d| d.kind == kind && d.enabled)
+        self.destinations.iter().any(|d| d.kind == kind && d.enabled)
     }
 
     pub fn redis_max_len(&self) -> u64 {
@@ -302,16 +274,13 @@ impl Filter {
     pub fn matches(&self, e: &Event) -> bool {
         (self.event_types.is_empty() || self.event_types.contains(&e.event_type))
             && (self.sources.is_empty() || self.sources.contains(&e.source))
-            && self
-                .conditions
-                .iter()
-                .all(|(path, want)| match e.field(path) {
-                    None => false,
-                    Some(got) => match want {
-                        Value::Array(any) => any.contains(&got),
-                        w => *w == got,
-                    },
-                })
+            && self.conditions.iter().all(|(path, want)| match e.field(path) {
+                None => false,
+                Some(got) => match want {
+                    Value::Array(any) => any.contains(&got),
+                    w => *w == got,
+                },
+            })
     }
 }
 
@@ -330,10 +299,7 @@ mod tests {
 
     #[test]
     fn empty_document_is_the_default() {
-        assert_eq!(
-            StreamConfig::from_json(json!({}), &t()).unwrap(),
-            StreamConfig::default()
-        );
+        assert_eq!(StreamConfig::from_json(json!({}), &t()).unwrap(), StreamConfig::default());
     }
 
     #[test]
@@ -352,31 +318,20 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let e = StreamConfig::from_json(json!({"filters":[{"eventTypes":["NOPE"]}]}), &t())
-            .unwrap_err();
+        let e = StreamConfig::from_json(json!({"filters":[{"eventTypes":["NOPE"]}]}), &t()).unwrap_err();
         assert_eq!(e[0].field, "filters[0].eventTypes[0]");
-        let e =
-            StreamConfig::from_json(json!({"retentionDays": 0, "batchSize": 0}), &t()).unwrap_err();
-        assert_eq!(
-            e.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(),
-            vec!["retentionDays", "batchSize"]
-        );
+        let e = StreamConfig::from_json(json!({"retentionDays": 0, "batchSize": 0}), &t()).unwrap_err();
+        assert_eq!(e.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(), vec!["retentionDays", "batchSize"]);
         let e = StreamConfig::from_json(json!({"retentionDays": "x"}), &t()).unwrap_err();
-        assert_eq!(
-            (e[0].field.as_str(), e[0].code),
-            ("retentionDays", "wrong_type")
-        );
+        assert_eq!((e[0].field.as_str(), e[0].code), ("retentionDays", "wrong_type"));
         let e = StreamConfig::from_json(json!({"bogus": 1}), &t()).unwrap_err();
         assert_eq!(e[0].code, "unknown_field");
         let e = StreamConfig::from_json(json!({"tenantId": "other"}), &t()).unwrap_err();
         assert_eq!(e[0].code, "tenant_mismatch");
         let e = StreamConfig::from_json(json!({"topics": ["evstream.events"]}), &t()).unwrap_err();
         assert_eq!(e[0].code, "reserved_topic");
-        let e = StreamConfig::from_json(
-            json!({"destinations": [{"type": "kafka", "enabled": false}]}),
-            &t(),
-        )
-        .unwrap_err();
+        let e =
+            StreamConfig::from_json(json!({"destinations": [{"type": "kafka", "enabled": false}]}), &t()).unwrap_err();
         assert_eq!(e[0].field, "destinations[0].enabled");
         let e = StreamConfig::from_json(json!({"topics": ["a b"]}), &t()).unwrap_err();
         assert_eq!(e[0].field, "topics[0]");

@@ -73,19 +73,13 @@ const KNOWN_FIELDS: &[&str] = &[
 
 /// Best-effort tenant id of a document, for routing a rejection to the right tenant's counters.
 pub fn peek_tenant(v: &Value) -> Option<TenantId> {
-    v.get("tenantId")
-        .and_then(Value::as_str)
-        .and_then(|s| TenantId::new(s).ok())
+    v.get("tenantId").and_then(Value::as_str).and_then(|s| TenantId::new(s).ok())
 }
 
 /// Checks an untrusted JSON value field by field. Every problem found is returned, each naming its field.
 pub fn parse_event(v: &Value, catalog: &Catalog) -> Result<EventDraft, Vec<FieldError>> {
     let Some(obj) = v.as_object() else {
-        return Err(vec![FieldError::new(
-            "",
-            "wrong_type",
-            "an event must be a JSON object",
-        )]);
+        return Err(vec![FieldError::new("", "wrong_type", "an event must be a JSON object")]);
     };
     let mut errs = Vec::new();
     for k in obj.keys() {
@@ -94,63 +88,53 @@ pub fn parse_event(v: &Value, catalog: &Catalog) -> Result<EventDraft, Vec<Field
             if shown.len() < k.len() {
                 shown.push('…');
             }
-            errs.push(FieldError::new(
-                shown.clone(),
-                "unknown_field",
-                format!("unknown field `{shown}`"),
-            ));
+            errs.push(FieldError::new(shown.clone(), "unknown_field", format!("unknown field `{shown}`")));
         }
     }
 
-    let id = opt_str(obj, "id", &mut errs).and_then(|s| {
-        EventId::new(s)
-            .map_err(|e| errs.push(FieldError::new("id", "invalid_id", e.to_string())))
-            .ok()
-    });
+    let id = opt_str(obj, "id", &mut errs)
+        .and_then(|s| EventId::new(s).map_err(|e| errs.push(FieldError::new("id", "invalid_id", e.to_string()))).ok());
     let tenant_id = match req_str(obj, "tenantId", &mut errs) {
-        Some(s) => TenantId::new(s)
-            .map_err(|e| errs.push(FieldError::new("tenantId", "invalid_tenant", e.to_string())))
-            .ok(),
+        Some(s) => {
+            TenantId::new(s).map_err(|e| errs.push(FieldError::new("tenantId", "invalid_tenant", e.to_string()))).ok()
+        }
         None => None,
     };
     let event_type = match req_str(obj, "eventType", &mut errs) {
-        Some(s) => {
-            match EventType::parse(s) {
-                Some(t) => Some(t),
-                None => {
-                    let shown: String = s.chars().take(64).collect();
-                    errs.push(FieldError::new(
+        Some(s) => match EventType::parse(s) {
+            Some(t) => Some(t),
+            None => {
+                let shown: String = s.chars().take(64).collect();
+                errs.push(FieldError::new(
                     "eventType",
                     "unknown_event_type",
                     format!("`{shown}` is not in the event-type catalog (GET /event-types lists them)"),
                 ));
-                    None
-                }
+                None
             }
-        }
+        },
         None => None,
     };
     let source = match req_str(obj, "source", &mut errs) {
-        Some(s) => SourceName::new(s)
-            .map_err(|e| errs.push(FieldError::new("source", "invalid_source", e.to_string())))
-            .ok(),
+        Some(s) => {
+            SourceName::new(s).map_err(|e| errs.push(FieldError::new("source", "invalid_source", e.to_string()))).ok()
+        }
         None => None,
     };
     let action = short_str(obj, "action", &mut errs);
     let entity_id = short_str(obj, "entityId", &mut errs);
     let entity_type = short_str(obj, "entityType", &mut errs);
-    let correlation_id =
-        opt_str(obj, "correlationId", &mut errs).and_then(|s| match EventId::new(s) {
-            Ok(_) => Some(s.to_string()),
-            Err(_) => {
-                errs.push(FieldError::new(
-                    "correlationId",
-                    "invalid_id",
-                    "correlationId must be 1-128 printable ASCII characters without spaces",
-                ));
-                None
-            }
-        });
+    let correlation_id = opt_str(obj, "correlationId", &mut errs).and_then(|s| match EventId::new(s) {
+        Ok(_) => Some(s.to_string()),
+        Err(_) => {
+            errs.push(FieldError::new(
+                "correlationId",
+                "invalid_id",
+                "correlationId must be 1-128 printable ASCII characters without spaces",
+            ));
+            None
+        }
+    });
     let data = opt_object(obj, "data", &mut errs);
     let metadata = opt_object(obj, "metadata", &mut errs);
     let occurred_at = opt_str(obj, "occurredAt", &mut errs).and_then(|s| {
@@ -177,9 +161,7 @@ pub fn parse_event(v: &Value, catalog: &Catalog) -> Result<EventDraft, Vec<Field
     }
 
     match (tenant_id, event_type, source, data, metadata) {
-        (Some(tenant_id), Some(event_type), Some(source), Some(data), Some(metadata))
-            if errs.is_empty() =>
-        {
+        (Some(tenant_id), Some(event_type), Some(source), Some(data), Some(metadata)) if errs.is_empty() => {
             Ok(EventDraft {
                 id,
                 tenant_id,
@@ -198,11 +180,7 @@ pub fn parse_event(v: &Value, catalog: &Catalog) -> Result<EventDraft, Vec<Field
     }
 }
 
-fn req_str<'a>(
-    obj: &'a Map<String, Value>,
-    f: &str,
-    errs: &mut Vec<FieldError>,
-) -> Option<&'a str> {
+fn req_str<'a>(obj: &'a Map<String, Value>, f: &str, errs: &mut Vec<FieldError>) -> Option<&'a str> {
     match obj.get(f) {
         None | Some(Value::Null) => {
             errs.push(FieldError::missing(f));
@@ -216,11 +194,7 @@ fn req_str<'a>(
     }
 }
 
-fn opt_str<'a>(
-    obj: &'a Map<String, Value>,
-    f: &str,
-    errs: &mut Vec<FieldError>,
-) -> Option<&'a str> {
+fn opt_str<'a>(obj: &'a Map<String, Value>, f: &str, errs: &mut Vec<FieldError>) -> Option<&'a str> {
     match obj.get(f) {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s),
@@ -245,11 +219,7 @@ fn short_str(obj: &Map<String, Value>, f: &str, errs: &mut Vec<FieldError>) -> O
 }
 
 /// `Some(map)` when absent (empty) or an object; `None` after recording a type error.
-fn opt_object(
-    obj: &Map<String, Value>,
-    f: &str,
-    errs: &mut Vec<FieldError>,
-) -> Option<Map<String, Value>> {
+fn opt_object(obj: &Map<String, Value>, f: &str, errs: &mut Vec<FieldError>) -> Option<Map<String, Value>> {
     match obj.get(f) {
         None | Some(Value::Null) => Some(Map::new()),
         Some(Value::Object(m)) => Some(m.clone()),
@@ -309,7 +279,11 @@ mod tests {
 
     #[test]
     fn minimal_event_parses() {
-        let d = parse_event(&json!({"tenantId":"t1","eventType":"RISK_CREATED","source":"FRONTEND_APP","data":{"test":true}}), &cat()).unwrap();
+        let d = parse_event(
+            &json!({"tenantId":"t1","eventType":"RISK_CREATED","source":"FRONTEND_APP","data":{"test":true}}),
+            &cat(),
+        )
+        .unwrap();
         assert_eq!(d.tenant_id.as_str(), "t1");
         assert_eq!(d.event_type, EventType::RISK_CREATED);
         assert!(d.id.is_none());
@@ -317,7 +291,11 @@ mod tests {
 
     #[test]
     fn every_problem_is_reported_with_its_field() {
-        let errs = parse_event(&json!({"tenantId": 5, "eventType": "NOPE", "data": [], "occurredAt": "yesterday", "extra": 1}), &cat()).unwrap_err();
+        let errs = parse_event(
+            &json!({"tenantId": 5, "eventType": "NOPE", "data": [], "occurredAt": "yesterday", "extra": 1}),
+            &cat(),
+        )
+        .unwrap_err();
         let fields: Vec<_> = errs.iter().map(|e| (e.field.as_str(), e.code)).collect();
         assert!(fields.contains(&("tenantId", "wrong_type")), "{fields:?}");
         assert!(fields.contains(&("eventType", "unknown_event_type")));
@@ -329,15 +307,16 @@ mod tests {
 
     #[test]
     fn not_an_object() {
-        assert_eq!(
-            parse_event(&json!([1]), &cat()).unwrap_err()[0].code,
-            "wrong_type"
-        );
+        assert_eq!(parse_event(&json!([1]), &cat()).unwrap_err()[0].code, "wrong_type");
     }
 
     #[test]
     fn schema_violation_in_data() {
-        let errs = parse_event(&json!({"tenantId":"t","eventType":"RISK_CREATED","source":"AWS","data":{"riskScore":"x"}}), &cat()).unwrap_err();
+        let errs = parse_event(
+            &json!({"tenantId":"t","eventType":"RISK_CREATED","source":"AWS","data":{"riskScore":"x"}}),
+            &cat(),
+        )
+        .unwrap_err();
         assert_eq!(errs[0].field, "data.riskScore");
         assert_eq!(errs[0].code, "schema_violation");
     }

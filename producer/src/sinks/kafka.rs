@@ -87,10 +87,7 @@ impl KafkaSinkConfig {
             .set("linger.ms", self.linger_ms.to_string())
             .set("batch.num.messages", self.batch_size.to_string())
             .set("message.timeout.ms", self.delivery_timeout_ms.to_string())
-            .set(
-                "queue.buffering.max.messages",
-                self.queue_max_messages.to_string(),
-            )
+            .set("queue.buffering.max.messages", self.queue_max_messages.to_string())
             .set("socket.connection.setup.timeout.ms", "3000")
             .set("reconnect.backoff.max.ms", "1000")
             .set("topic.metadata.refresh.interval.ms", "10000");
@@ -99,10 +96,7 @@ impl KafkaSinkConfig {
 
     pub fn build(&self) -> Result<KafkaSink, KafkaError> {
         let plain: FutureProducer = self.client_config().create()?;
-        let lz4: FutureProducer = self
-            .client_config()
-            .set("compression.type", "lz4")
-            .create()?;
+        let lz4: FutureProducer = self.client_config().set("compression.type", "lz4").create()?;
         Ok(KafkaSink { plain, lz4 })
     }
 }
@@ -118,24 +112,16 @@ impl KafkaSink {
         compress: bool,
     ) -> Result<Delivered, KafkaSinkError> {
         let producer = if compress { &self.lz4 } else { &self.plain };
-        let record = FutureRecord::to(topic)
-            .key(key)
-            .payload(payload)
-            .headers(headers);
+        let record = FutureRecord::to(topic).key(key).payload(payload).headers(headers);
         let started = Instant::now();
         // Never wait for queue space: a full queue is overload, answered at once.
         let res = producer.send(record, Timeout::After(Duration::ZERO)).await;
-        metrics::histogram!(m::KAFKA_PRODUCE_DURATION_SECONDS)
-            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!(m::KAFKA_PRODUCE_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
         match res {
-            Ok(d) => Ok(Delivered {
-                partition: d.partition,
-                offset: d.offset,
-            }),
+            Ok(d) => Ok(Delivered { partition: d.partition, offset: d.offset }),
             Err((e, _)) => {
                 let err = classify(topic, e);
-                metrics::counter!(m::KAFKA_PRODUCE_ERRORS_TOTAL, "reason" => err.reason())
-                    .increment(1);
+                metrics::counter!(m::KAFKA_PRODUCE_ERRORS_TOTAL, "reason" => err.reason()).increment(1);
                 Err(err)
             }
         }
@@ -144,13 +130,9 @@ impl KafkaSink {
     /// Asks the broker for cluster metadata; `Ok` means a broker answered within `timeout`.
     pub async fn healthcheck(&self, timeout: Duration) -> Result<(), KafkaError> {
         let p = self.plain.clone();
-        tokio::task::spawn_blocking(move || {
-            p.client()
-                .fetch_metadata(None, Timeout::After(timeout))
-                .map(|_| ())
-        })
-        .await
-        .unwrap_or(Err(KafkaError::Canceled))
+        tokio::task::spawn_blocking(move || p.client().fetch_metadata(None, Timeout::After(timeout)).map(|_| ()))
+            .await
+            .unwrap_or(Err(KafkaError::Canceled))
     }
 
     /// Waits for every queued record to be acknowledged (graceful shutdown).
@@ -173,11 +155,7 @@ fn classify(topic: &str, e: KafkaError) -> KafkaSinkError {
         _ => None,
     };
     match final_reason {
-        Some(reason) => KafkaSinkError::Final {
-            topic,
-            reason,
-            source: e,
-        },
+        Some(reason) => KafkaSinkError::Final { topic, reason, source: e },
         None => {
             let reason = match code {
                 Some(C::QueueFull) => "queue_full",
@@ -185,11 +163,7 @@ fn classify(topic: &str, e: KafkaError) -> KafkaSinkError {
                 Some(C::AllBrokersDown) | Some(C::BrokerTransportFailure) => "broker_down",
                 _ => "other",
             };
-            KafkaSinkError::Retriable {
-                topic,
-                reason,
-                source: e,
-            }
+            KafkaSinkError::Retriable { topic, reason, source: e }
         }
     }
 }

@@ -58,12 +58,8 @@ pub struct ReadFilter {
 
 impl ReadFilter {
     fn matches(&self, id: &StreamId) -> bool {
-        self.event_type
-            .is_none_or(|t| field(id, "type").as_deref() == Some(t.as_str()))
-            && self
-                .source
-                .as_deref()
-                .is_none_or(|s| field(id, "source").as_deref() == Some(s))
+        self.event_type.is_none_or(|t| field(id, "type").as_deref() == Some(t.as_str()))
+            && self.source.as_deref().is_none_or(|s| field(id, "source").as_deref() == Some(s))
     }
 }
 
@@ -124,10 +120,7 @@ impl RedisStreamSink {
         let mut conn = self.conn.clone();
         let mut out = Vec::with_capacity(limit.min(1000));
         let mut end = "+".to_string();
-        let start = filter
-            .since_ms
-            .map(|ms| ms.to_string())
-            .unwrap_or_else(|| "-".into());
+        let start = filter.since_ms.map(|ms| ms.to_string()).unwrap_or_else(|| "-".into());
         let page = limit.clamp(10, 1000);
         let mut budget = limit.saturating_mul(20).max(1000);
         loop {
@@ -135,10 +128,7 @@ impl RedisStreamSink {
             let n = reply.ids.len();
             for id in &reply.ids {
                 if filter.matches(id) {
-                    if let Some(v) = id
-                        .get::<Vec<u8>>("event")
-                        .and_then(|b| serde_json::from_slice(&b).ok())
-                    {
+                    if let Some(v) = id.get::<Vec<u8>>("event").and_then(|b| serde_json::from_slice(&b).ok()) {
                         out.push(v);
                         if out.len() >= limit {
                             return Ok(out);
@@ -166,12 +156,9 @@ impl RedisStreamSink {
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(async move {
             let mut last = "$".to_string();
-            let opts = redis::streams::StreamReadOptions::default()
-                .block(5_000)
-                .count(100);
+            let opts = redis::streams::StreamReadOptions::default().block(5_000).count(100);
             loop {
-                let reply: Result<Option<StreamReadReply>, _> =
-                    conn.xread_options(&[&key], &[&last], &opts).await;
+                let reply: Result<Option<StreamReadReply>, _> = conn.xread_options(&[&key], &[&last], &opts).await;
                 let reply = match reply {
                     Ok(Some(r)) => r,
                     Ok(None) => {
@@ -189,10 +176,7 @@ impl RedisStreamSink {
                     for id in k.ids {
                         last = id.id.clone();
                         if filter.matches(&id) {
-                            if let Some(v) = id
-                                .get::<Vec<u8>>("event")
-                                .and_then(|b| serde_json::from_slice(&b).ok())
-                            {
+                            if let Some(v) = id.get::<Vec<u8>>("event").and_then(|b| serde_json::from_slice(&b).ok()) {
                                 if tx.send(v).await.is_err() {
                                     return;
                                 }
@@ -212,9 +196,7 @@ async fn writer(mut conn: ConnectionManager, mut rx: mpsc::Receiver<StreamEntry>
     let mut batch = Vec::with_capacity(MAX_PIPELINE);
     while rx.recv_many(&mut batch, MAX_PIPELINE).await > 0 {
         let mut pipe = redis::pipe();
-        let now_ms =
-            u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
-                .unwrap_or(0);
+        let now_ms = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
         let mut trims: HashMap<&TenantId, u64> = HashMap::new();
         for e in &batch {
             pipe.cmd("XADD")
@@ -256,8 +238,7 @@ async fn writer(mut conn: ConnectionManager, mut rx: mpsc::Receiver<StreamEntry>
             }
         }
         let result = if ok { "ok" } else { "error" };
-        metrics::counter!(m::REDIS_STREAM_WRITES_TOTAL, "result" => result)
-            .increment(batch.len() as u64);
+        metrics::counter!(m::REDIS_STREAM_WRITES_TOTAL, "result" => result).increment(batch.len() as u64);
         batch.clear();
     }
 }

@@ -1,0 +1,251 @@
+//! `evstream bench`: the same events against the same broker in one run, three ways:
+//! (a) a raw rdkafka producer (the ceiling), (b) `POST /events/bulk`, (c) `POST /events` one at a time from N
+//! concurrent clients. Prints events/s, p50/p99 latency, the server's peak RSS, and the ratio (b)/(a).
+//! The server is a child `evstream api` process so that its memory is measured alone.
+
+use anyhow::{bail, Context};
+use clap::Args;
+use futures::stream::{FuturesUnordered, StreamExt};
+use producer::sinks::kafka::KafkaSinkConfig;
+use producer::topics::{TopicSpec, Topics};
+use rand::RngCore;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    #[arg(long, env = "EVSTREAM_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+    #[arg(long, env = "EVSTREAM_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Events per scenario.
+    #[arg(long, default_value_t = 20000)]
+    pub events: usize,
+    /// Concurrent clients for POST /events.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Events per bulk request.
+    #[arg(long, default_value_t = 500)]
+    pub bulk_size: usize,
+    /// Concurrent bulk clients.
+    #[arg(long, default_value_t = 4)]
+    pub bulk_concurrency: usize,
+    /// Port of the child server (0: a free one).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+}
+
+struct Figures {
+    name: &'static str,
+    events: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Figures {
+    fn rate(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64()
+    }
+    fn pct(&self, q: f64) -> f64 {
+        let mut l = self.latencies.clone();
+        l.sort();
+        if l.is_empty() {
+            return 0.0;
+        }
+        let i = ((q * l.len() as f64).ceil() as usize).clamp(1, l.len()) - 1;
+        l[i].as_secs_f64() * 1000.0
+    }
+    fn print(&self) {
+        println!(
+            "{:<34} {:>9} events {:>10.0} events/s   p50 {:>8.2} ms   p99 {:>8.2} ms",
+            self.name,
+            self.events,
+            self.rate(),
+            self.pct(0.5),
+            self.pct(0.99)
+        );
+    }
+}
+
+fn tag() -> String {
+    let mut b = [0u8; 4];
+    rand::rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+fn event(tenant: &str, i: usize) -> Value {
+    json!({"tenantId": tenant, "eventType": "RISK_CREATED", "source": "FRONTEND_APP", "action": "CREATE",
+           "entityId": format!("risk-{i}"), "entityType": "risk",
+           "data": {"title": "Vendor breach exposure", "riskScore": (i % 100) as f64, "severity": "high", "owner": "secops"},
+           "metadata": {"region": "eu-west-1"}})
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn peak_rss_mb(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+async fn raw_producer(a: &BenchArgs, topic: &str, tenant: &str) -> anyhow::Result<Figures> {
+    let cfg = KafkaSinkConfig { brokers: a.kafka_brokers.clone(), ..KafkaSinkConfig::default() };
+    let p: FutureProducer = cfg.client_config().create()?;
+    // The same bytes the server would write: the enriched envelope.
+    let payloads: Vec<Vec<u8>> = (0..a.events)
+        .map(|i| {
+            let mut e = event(tenant, i);
+            e["id"] = json!(uuid::Uuid::now_v7().to_string());
+            e["receivedAt"] = json!("2026-01-01T00:00:00Z");
+            e["occurredAt"] = json!("2026-01-01T00:00:00Z");
+            e["schemaVersion"] = json!("1.0");
+            e["correlationId"] = e["id"].clone();
+            serde_json::to_vec(&e).unwrap_or_default()
+        })
+        .collect();
+    let started = Instant::now();
+    let mut inflight = FuturesUnordered::new();
+    let mut latencies = Vec::with_capacity(a.events);
+    for pl in &payloads {
+        let p = p.clone();
+        inflight.push(async move {
+            let t = Instant::now();
+            let r =
+                p.send(FutureRecord::to(topic).key(tenant).payload(pl), Timeout::After(Duration::from_secs(5))).await;
+            (r.is_ok(), t.elapsed())
+        });
+        if inflight.len() >= 10_000 {
+            if let Some((ok, l)) = inflight.next().await {
+                anyhow::ensure!(ok, "raw produce failed");
+                latencies.push(l);
+            }
+        }
+    }
+    while let Some((ok, l)) = inflight.next().await {
+        anyhow::ensure!(ok, "raw produce failed");
+        latencies.push(l);
+    }
+    Ok(Figures { name: "(a) raw rdkafka producer", events: a.events, elapsed: started.elapsed(), latencies })
+}
+
+async fn bulk(a: &BenchArgs, http: &reqwest::Client, base: &str, key: &str, tenant: &str) -> anyhow::Result<Figures> {
+    let bodies: Vec<Value> = (0..a.events)
+        .collect::<Vec<_>>()
+        .chunks(a.bulk_size)
+        .map(|c| json!({"events": c.iter().map(|i| event(tenant, *i)).collect::<Vec<_>>()}))
+        .collect();
+    let started = Instant::now();
+    let mut latencies = Vec::new();
+    let mut pending = futures::stream::iter(bodies.iter().map(|b| async move {
+        let t = Instant::now();
+        let r = http.post(format!("{base}/events/bulk")).bearer_auth(key).json(b).send().await;
+        (r.map(|r| r.status().as_u16()).unwrap_or(0), t.elapsed())
+    }))
+    .buffer_unordered(a.bulk_concurrency);
+    while let Some((status, l)) = pending.next().await {
+        anyhow::ensure!(status == 202, "bulk request answered {status}");
+        latencies.push(l);
+    }
+    Ok(Figures { name: "(b) POST /events/bulk (per request)", events: a.events, elapsed: started.elapsed(), latencies })
+}
+
+async fn single(a: &BenchArgs, http: &reqwest::Client, base: &str, key: &str, tenant: &str) -> anyhow::Result<Figures> {
+    let bodies: Vec<Vec<u8>> =
+        (0..a.events).map(|i| serde_json::to_vec(&event(tenant, i)).unwrap_or_default()).collect();
+    let started = Instant::now();
+    let mut latencies = Vec::with_capacity(a.events);
+    let mut pending = futures::stream::iter(bodies.into_iter().map(|b| async move {
+        let t = Instant::now();
+        let r = http
+            .post(format!("{base}/events"))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(b)
+            .send()
+            .await;
+        (r.map(|r| r.status().as_u16()).unwrap_or(0), t.elapsed())
+    }))
+    .buffer_unordered(a.concurrency);
+    while let Some((status, l)) = pending.next().await {
+        anyhow::ensure!(status == 202, "single request answered {status}");
+        latencies.push(l);
+    }
+    Ok(Figures { name: "(c) POST /events (one per request)", events: a.events, elapsed: started.elapsed(), latencies })
+}
+
+pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
+    let t = tag();
+    let tenant = format!("bench-{t}");
+    let raw_topic = format!("evstream.bench.raw-{t}");
+    let events_topic = format!("evstream.bench.events-{t}");
+    Topics::new(&a.kafka_brokers)?
+        .ensure(&[TopicSpec { name: raw_topic.clone(), partitions: 6, replication: 1, compacted: false }])
+        .await?;
+
+    let port = if a.port == 0 { free_port()? } else { a.port };
+    let admin = format!("bench-admin-{t}");
+    let log = std::fs::File::create(std::env::temp_dir().join(format!("evstream-bench-{t}.log")))?;
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .arg("api")
+        .env("EVSTREAM_KAFKA_BROKERS", &a.kafka_brokers)
+        .env("EVSTREAM_REDIS_URL", &a.redis_url)
+        .env("EVSTREAM_LISTEN", format!("127.0.0.1:{port}"))
+        .env("EVSTREAM_ADMIN_KEY", &admin)
+        .env("EVSTREAM_EVENTS_TOPIC", &events_topic)
+        .env("EVSTREAM_CONFIG_TOPIC", format!("evstream.bench.config-{t}"))
+        .env("EVSTREAM_DEADLETTER_TOPIC", format!("evstream.bench.deadletter-{t}"))
+        .env("EVSTREAM_MAX_BULK_ITEMS", a.bulk_size.max(1000).to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the server")?;
+    let pid = child.id().context("server pid")?;
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder().pool_max_idle_per_host(a.concurrency.max(a.bulk_concurrency)).build()?;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Ok(r) = http.get(format!("{base}/ready")).send().await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("server not ready within 90 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let r = http.post(format!("{base}/tenants")).bearer_auth(&admin).json(&json!({"id": tenant})).send().await?;
+    anyhow::ensure!(r.status() == 201, "creating the tenant answered {}", r.status());
+    let rss_idle = peak_rss_mb(pid);
+
+    println!(
+        "evstream bench: {} events per scenario, {} single-event clients, bulk {} x {} clients",
+        a.events, a.concurrency, a.bulk_size, a.bulk_concurrency
+    );
+    // Warm both paths so connection set-up is not measured.
+    raw_producer(&BenchArgs { events: 500, ..a.clone() }, &raw_topic, &tenant).await?;
+    single(&BenchArgs { events: 500, ..a.clone() }, &http, &base, &admin, &tenant).await?;
+    let ra = raw_producer(&a, &raw_topic, &tenant).await?;
+    ra.print();
+    let rb = bulk(&a, &http, &base, &admin, &tenant).await?;
+    rb.print();
+    let rc = single(&a, &http, &base, &admin, &tenant).await?;
+    rc.print();
+    let rss = peak_rss_mb(pid);
+    println!(
+        "server peak RSS: {:.1} MB (after start-up: {:.1} MB)",
+        rss.unwrap_or(f64::NAN),
+        rss_idle.unwrap_or(f64::NAN)
+    );
+    println!("ratio (b)/(a): {:.2}", rb.rate() / ra.rate());
+    println!("targets: (b)/(a) >= 0.8; (c) >= 5000 events/s with p99 < 10 ms; RSS < 150 MB");
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! Command-line flags. Every flag has an `EVSTREAM_*` environment variable; the README's table lists them.
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "evstream", version, about = "Multi-tenant event streaming on Kafka")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run every role in one process.
+    Serve(Common),
+    /// Run the HTTP API only.
+    Api(Common),
+    /// Run the alert stream only.
+    Alerts(Common),
+    /// Run the Cosmos DB change feed only.
+    ChangeFeed(Common),
+    /// Measure the ingest path: raw producer vs POST /events/bulk vs POST /events.
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "EVSTREAM_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+    /// Redis URL.
+    #[arg(long, env = "EVSTREAM_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "EVSTREAM_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// The admin API key. When unset, one is generated at first start, stored hashed, and printed once.
+    #[arg(long, env = "EVSTREAM_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+    /// The shared events topic (used by tenants that name no topics of their own).
+    #[arg(long, env = "EVSTREAM_EVENTS_TOPIC", default_value = "evstream.events")]
+    pub events_topic: String,
+    /// The compacted configuration topic (tenants, keys, stream configs).
+    #[arg(long, env = "EVSTREAM_CONFIG_TOPIC", default_value = "evstream.config")]
+    pub config_topic: String,
+    /// The dead-letter topic.
+    #[arg(long, env = "EVSTREAM_DEADLETTER_TOPIC", default_value = "evstream.deadletter")]
+    pub deadletter_topic: String,
+    /// Partitions of the topics evstream creates.
+    #[arg(long, env = "EVSTREAM_PARTITIONS", default_value_t = 6)]
+    pub partitions: i32,
+    /// Replication factor of the topics evstream creates.
+    #[arg(long, env = "EVSTREAM_REPLICATION_FACTOR", default_value_t = 1)]
+    pub replication_factor: i32,
+    /// Longest wait for the broker's acknowledgement before a request fails with 503.
+    #[arg(long, env = "EVSTREAM_KAFKA_DELIVERY_TIMEOUT_MS", default_value_t = 5000)]
+    pub kafka_delivery_timeout_ms: u64,
+    /// Producer linger (batching delay).
+    #[arg(long, env = "EVSTREAM_KAFKA_LINGER_MS", default_value_t = 5)]
+    pub kafka_linger_ms: u64,
+    /// Most records in one producer batch.
+    #[arg(long, env = "EVSTREAM_KAFKA_BATCH_SIZE", default_value_t = 10000)]
+    pub kafka_batch_size: u32,
+    /// Bound on records waiting in the producer.
+    #[arg(long, env = "EVSTREAM_KAFKA_QUEUE_MAX", default_value_t = 100000)]
+    pub kafka_queue_max: u32,
+    /// Largest body of POST /events and config documents.
+    #[arg(long, env = "EVSTREAM_MAX_BODY_BYTES", default_value_t = 1048576)]
+    pub max_body_bytes: usize,
+    /// Largest body of POST /events/bulk.
+    #[arg(long, env = "EVSTREAM_MAX_BULK_BYTES", default_value_t = 10485760)]
+    pub max_bulk_bytes: usize,
+    /// Most events in one bulk request.
+    #[arg(long, env = "EVSTREAM_MAX_BULK_ITEMS", default_value_t = 1000)]
+    pub max_bulk_items: usize,
+    /// Requests handled at once; beyond it: 503.
+    #[arg(long, env = "EVSTREAM_MAX_IN_FLIGHT", default_value_t = 4096)]
+    pub max_in_flight: usize,
+    /// Events waiting for Redis; beyond it they are dropped from the real-time window (Kafka keeps them).
+    #[arg(long, env = "EVSTREAM_REDIS_QUEUE", default_value_t = 100000)]
+    pub redis_queue: usize,
+}

@@ -1,0 +1,74 @@
+//! Runs the roles: builds the state through `stream_api::bootstrap`, serves until SIGINT/SIGTERM, then drains
+//! in-flight requests and flushes the producer.
+
+use crate::cli::Common;
+use producer::sinks::kafka::KafkaSinkConfig;
+use std::time::Duration;
+use stream_api::bootstrap::{self, Settings};
+use stream_api::ApiConfig;
+
+pub fn settings(o: &Common) -> Settings {
+    Settings {
+        kafka: KafkaSinkConfig {
+            brokers: o.kafka_brokers.clone(),
+            delivery_timeout_ms: o.kafka_delivery_timeout_ms,
+            linger_ms: o.kafka_linger_ms,
+            batch_size: o.kafka_batch_size,
+            queue_max_messages: o.kafka_queue_max,
+        },
+        redis_url: o.redis_url.clone(),
+        redis_queue: o.redis_queue,
+        admin_key: o.admin_key.clone().filter(|k| !k.is_empty()),
+        events_topic: o.events_topic.clone(),
+        config_topic: o.config_topic.clone(),
+        deadletter_topic: o.deadletter_topic.clone(),
+        api: ApiConfig {
+            max_body_bytes: o.max_body_bytes,
+            max_bulk_bytes: o.max_bulk_bytes,
+            max_bulk_items: o.max_bulk_items,
+            max_in_flight: o.max_in_flight,
+            partitions: o.partitions,
+            replication: o.replication_factor,
+            ..ApiConfig::default()
+        },
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested; draining");
+}
+
+pub async fn run_api(o: Common) -> anyhow::Result<()> {
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    let started = bootstrap::start(&settings(&o), Some(prometheus)).await?;
+    if let Some(key) = &started.generated_admin_key {
+        // Printed once, on purpose, to stdout only: it is the bootstrap credential.
+        println!("evstream admin key (shown once, store it): {key}");
+    }
+    let listener = tokio::net::TcpListener::bind(&o.listen).await?;
+    tracing::info!(addr = %listener.local_addr()?, "evstream api listening");
+    let state = started.state.clone();
+    stream_api::run(started.state, listener, shutdown_signal()).await?;
+    state.pipeline.kafka().flush(Duration::from_secs(10)).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+pub fn run_unavailable_role(role: &str, _o: &Common) -> anyhow::Result<()> {
+    anyhow::bail!("the {role} role is not available in this build yet")
+}

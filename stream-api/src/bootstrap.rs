@@ -1,0 +1,93 @@
+//! Wiring: builds the pipeline and the API state from settings. Used by `evstream api|serve` and by tests, so
+//! both run exactly the same start-up.
+
+use crate::state::{ApiConfig, AppState};
+use metrics_exporter_prometheus::PrometheusHandle;
+use producer::config_log::{ConfigLog, ConfigLogConfig, ConfigRecord, Verdict};
+use producer::dead_letter::DeadLetters;
+use producer::sinks::kafka::KafkaSinkConfig;
+use producer::sinks::redis_stream::{self, RedisStreamSinkConfig};
+use producer::tenant_stats::TenantStats;
+use producer::topics::{TopicSpec, Topics};
+use producer::{Pipeline, PipelineConfig};
+use rand::RngCore;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub kafka: KafkaSinkConfig,
+    pub redis_url: String,
+    pub redis_queue: usize,
+    pub admin_key: Option<String>,
+    pub events_topic: String,
+    pub config_topic: String,
+    pub deadletter_topic: String,
+    pub api: ApiConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error("kafka client could not be created")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("topics could not be created")]
+    Topics(#[from] producer::topics::TopicError),
+    #[error("redis is unreachable at start-up")]
+    Redis(#[from] redis::RedisError),
+    #[error("the configuration log was not replayed within {0:?}")]
+    Replay(Duration),
+}
+
+/// The result of start-up: the state, and the admin key when this start generated one (print it once).
+pub struct Started {
+    pub state: AppState,
+    pub generated_admin_key: Option<String>,
+}
+
+pub async fn start(s: &Settings, prometheus: Option<PrometheusHandle>) -> Result<Started, BootstrapError> {
+    let topics = Topics::new(&s.kafka.brokers)?;
+    let spec = |name: &str, compacted: bool, partitions: i32| TopicSpec {
+        name: name.to_string(),
+        partitions,
+        replication: s.api.replication,
+        compacted,
+    };
+    topics
+        .ensure(&[
+            spec(&s.config_topic, true, 1),
+            spec(&s.events_topic, false, s.api.partitions),
+            spec(&s.deadletter_topic, false, s.api.partitions),
+        ])
+        .await?;
+    let configs = ConfigLog::start(
+        &ConfigLogConfig {
+            brokers: s.kafka.brokers.clone(),
+            topic: s.config_topic.clone(),
+            delivery_timeout_ms: s.kafka.delivery_timeout_ms,
+        },
+        s.admin_key.as_deref(),
+    )?;
+    let kafka = s.kafka.build()?;
+    let (client, conn) = redis_stream::connect(&s.redis_url).await?;
+    let redis =
+        RedisStreamSinkConfig { url: s.redis_url.clone(), queue_capacity: s.redis_queue }.build(client, conn.clone());
+    let stats = TenantStats::start(conn);
+    let dead = DeadLetters::new(kafka.clone(), s.deadletter_topic.clone());
+    let replay = Duration::from_secs(30);
+    if !configs.wait_caught_up(replay).await {
+        return Err(BootstrapError::Replay(replay));
+    }
+    let mut generated_admin_key = None;
+    if !configs.has_admin_key() {
+        let mut b = [0u8; 24];
+        rand::rng().fill_bytes(&mut b);
+        let key = format!("evs_admin_{}", hex::encode(b));
+        if let Ok(Verdict::Applied) =
+            configs.propose(&ConfigRecord::AdminKey { hash: producer::config_log::hash_key(&key) }).await
+        {
+            generated_admin_key = Some(key);
+        }
+    }
+    let pipeline =
+        Pipeline::new(PipelineConfig { default_topic: s.events_topic.clone() }, kafka, redis, configs, stats, dead);
+    Ok(Started { state: AppState::new(pipeline, s.api.clone(), prometheus, topics), generated_admin_key })
+}

@@ -1,0 +1,45 @@
+//! The routes. Handlers live in one file per resource.
+
+pub mod events;
+pub mod ops;
+pub mod stream_config;
+pub mod tenants;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use axum::routing::{get, post};
+use axum::Router;
+
+pub fn router(_state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/events", post(events::publish))
+        .route("/events/bulk", post(events::bulk))
+        .route("/events/{tenant}", get(events::recent))
+        .route("/events/{tenant}/stream", get(events::live))
+        .route("/stream-config/{tenant}", get(stream_config::get_config).put(stream_config::put_config))
+        .route("/tenants", post(tenants::create).get(tenants::list))
+        .route("/tenants/{tenant}", get(tenants::get_one))
+        .route("/tenants/{tenant}/keys", post(tenants::create_key))
+        .route("/metrics/{tenant}", get(ops::tenant_metrics))
+        .route("/metrics", get(ops::prometheus))
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
+        .route("/openapi.json", get(ops::openapi))
+        .route("/event-types", get(ops::event_types))
+        .route("/event-types/{event_type}/schema", get(ops::event_type_schema))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("not_found", "no such route (GET /openapi.json lists them)")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "Method not allowed",
+        "this route does not take that method",
+    )
+}

@@ -1,0 +1,304 @@
+//! `POST /events`, `POST /events/bulk`, `GET /events/{tenant}`, `GET /events/{tenant}/stream`.
+
+use crate::auth::Auth;
+use crate::body;
+use crate::error::ApiError;
+use crate::state::AppState;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use producer::sinks::redis_stream::ReadFilter;
+use producer::{Outcome, Scope};
+use schemas::{cloudevents, EventType, FieldError};
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+use time::OffsetDateTime;
+
+const CLOUDEVENTS_JSON: &str = "application/cloudevents+json";
+const NDJSON: &str = "application/x-ndjson";
+
+fn correlation(headers: &HeaderMap) -> Option<&str> {
+    headers.get("x-correlation-id").and_then(|v| v.to_str().ok()).filter(|s| schemas::EventId::new(*s).is_ok())
+}
+
+/// The event document of a `POST /events` request, in any of the three accepted forms.
+fn document(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiError> {
+    if headers.contains_key("ce-specversion") {
+        let mut attrs = Vec::new();
+        for (name, value) in headers {
+            if let Some(attr) = name.as_str().strip_prefix("ce-") {
+                let v = value.to_str().map_err(|_| {
+                    ApiError::bad_request("invalid_header", format!("header {name} is not visible ASCII"))
+                })?;
+                attrs.push((attr.to_string(), v.to_string()));
+            }
+        }
+        let data = if bytes.iter().all(u8::is_ascii_whitespace) { None } else { Some(body::json(bytes)?) };
+        let mt = body::media_type(headers);
+        return cloudevents::from_binary(attrs, mt.as_deref(), data).map_err(ApiError::invalid);
+    }
+    match body::media_type(headers).as_deref() {
+        Some(CLOUDEVENTS_JSON) => cloudevents::from_structured(&body::json(bytes)?).map_err(ApiError::invalid),
+        Some(mt) if body::is_json(mt) => body::json(bytes),
+        _ => Err(body::unsupported_media_type(
+            "application/json, application/cloudevents+json, or binary-mode ce-* headers",
+        )),
+    }
+}
+
+fn outcome_json(o: &Outcome) -> Value {
+    match o {
+        Outcome::Accepted(a) => {
+            let mut v = json!({"status": "accepted", "id": a.id, "topic": a.topic, "partition": a.partition, "offset": a.offset});
+            if !a.also.is_empty() {
+                v["also"] = serde_json::to_value(&a.also).unwrap_or(Value::Null);
+            }
+            v
+        }
+        Outcome::Filtered { id, reason } => json!({"status": "filtered", "id": id, "reason": reason}),
+    }
+}
+
+/// `POST /events`: 202 with where the broker put the event, only after the broker acknowledged it.
+pub async fn publish(
+    State(state): State<AppState>,
+    auth: Auth,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let received_at = OffsetDateTime::now_utc();
+    let bytes = body::read(body, state.cfg.max_body_bytes, Duration::from_millis(state.cfg.body_timeout_ms)).await?;
+    let doc = document(&headers, &bytes)?;
+    let outcome = state.pipeline.ingest(&doc, &auth.scope(), started, received_at, correlation(&headers)).await?;
+    let status = match outcome {
+        Outcome::Accepted(_) => StatusCode::ACCEPTED,
+        Outcome::Filtered { .. } => StatusCode::OK,
+    };
+    Ok((status, Json(outcome_json(&outcome))).into_response())
+}
+
+/// `POST /events/bulk`: JSON `{"events": [...]}` or NDJSON. Per-item results in request order; 202 when all were
+/// accepted (or filtered), 207 when some were, and a problem document when none were.
+pub async fn bulk(
+    State(state): State<AppState>,
+    auth: Auth,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let received_at = OffsetDateTime::now_utc();
+    let mt = body::media_type(&headers);
+    let ndjson = match mt.as_deref() {
+        Some(NDJSON) | Some("application/jsonl") => true,
+        Some(m) if body::is_json(m) => false,
+        _ => {
+            return Err(body::unsupported_media_type("application/json ({\"events\": [...]}) or application/x-ndjson"))
+        }
+    };
+    let bytes = body::read(body, state.cfg.max_bulk_bytes, Duration::from_millis(state.cfg.body_timeout_ms)).await?;
+    let items: Vec<Result<Value, FieldError>> = if ndjson {
+        bytes
+            .split(|b| *b == b'\n')
+            .enumerate()
+            .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
+            .map(|(n, l)| {
+                serde_json::from_slice(l).map_err(|e| {
+                    FieldError::new(
+                        format!("line {}", n + 1),
+                        "malformed_json",
+                        format!("line {} is not valid JSON (column {})", n + 1, e.column()),
+                    )
+                })
+            })
+            .collect()
+    } else {
+        match body::json(&bytes)? {
+            Value::Object(mut o) => match o.remove("events") {
+                Some(Value::Array(a)) => a.into_iter().map(Ok).collect(),
+                Some(_) => return Err(ApiError::invalid(vec![FieldError::wrong_type("events", "an array of events")])),
+                None => return Err(ApiError::invalid(vec![FieldError::missing("events")])),
+            },
+            _ => return Err(ApiError::invalid(vec![FieldError::wrong_type("", "an object {\"events\": [...]}")])),
+        }
+    };
+    let limit = match auth.scope() {
+        Scope::Tenant(t) => state
+            .pipeline
+            .configs()
+            .stream_config(&t)
+            .map_or(state.cfg.max_bulk_items, |c| (c.config.batch_size as usize).min(state.cfg.max_bulk_items)),
+        Scope::Admin => state.cfg.max_bulk_items,
+    };
+    if items.len() > limit {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_items",
+            "Too many items",
+            format!("a bulk request carries at most {limit} events; this one has {}", items.len()),
+        )
+        .with_errors(vec![FieldError::new("events", "too_many_items", format!("at most {limit} events"))]));
+    }
+    if items.is_empty() {
+        return Err(ApiError::invalid(vec![FieldError::new("events", "empty", "send at least one event")]));
+    }
+    let scope = auth.scope();
+    let corr = correlation(&headers);
+    let results = futures::future::join_all(items.iter().map(|item| async {
+        match item {
+            Ok(v) => state.pipeline.ingest(v, &scope, started, received_at, corr).await.map_err(ApiError::from),
+            Err(fe) => Err(ApiError::bad_request("malformed_json", fe.message.clone()).with_errors(vec![fe.clone()])),
+        }
+    }))
+    .await;
+    let mut accepted = 0usize;
+    let mut unavailable = false;
+    let out: Vec<Value> = results
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut v = match r {
+                Ok(o) => {
+                    accepted += 1;
+                    outcome_json(o)
+                }
+                Err(e) => {
+                    unavailable |= e.code == "broker_unavailable";
+                    let mut v = json!({"status": "rejected", "code": e.code, "detail": e.detail});
+                    if !e.errors.is_empty() {
+                        v["errors"] = serde_json::to_value(&e.errors).unwrap_or(Value::Null);
+                    }
+                    v
+                }
+            };
+            v["index"] = json!(i);
+            v
+        })
+        .collect();
+    let total = out.len();
+    let summary = |o: &mut Map<String, Value>| {
+        o.insert("accepted".into(), json!(accepted));
+        o.insert("rejected".into(), json!(total - accepted));
+        o.insert("results".into(), Value::Array(out.clone()));
+    };
+    if accepted == 0 {
+        let mut e = if unavailable {
+            ApiError::unavailable("broker_unavailable", "no event was stored; retry later", 2)
+        } else {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "all_rejected",
+                "No event accepted",
+                "every event was rejected; see `results`",
+            )
+        };
+        summary(&mut e.extra);
+        return Err(e);
+    }
+    let mut body = Map::new();
+    body.insert("status".into(), json!(if accepted == total { "all_accepted" } else { "partially_accepted" }));
+    summary(&mut body);
+    let status = if accepted == total { StatusCode::ACCEPTED } else { StatusCode::MULTI_STATUS };
+    Ok((status, Json(Value::Object(body))).into_response())
+}
+
+fn read_filter(q: &HashMap<String, String>) -> Result<ReadFilter, ApiError> {
+    let mut f = ReadFilter::default();
+    if let Some(t) = q.get("eventType") {
+        f.event_type = Some(EventType::parse(t).ok_or_else(|| {
+            ApiError::bad_request("invalid_query", "eventType is not in the catalog")
+                .with_errors(vec![FieldError::new("eventType", "unknown_event_type", "not in the catalog")])
+        })?);
+    }
+    if let Some(s) = q.get("source") {
+        schemas::SourceName::new(s.as_str()).map_err(|e| {
+            ApiError::bad_request("invalid_query", e.to_string()).with_errors(vec![FieldError::new(
+                "source",
+                "invalid_source",
+                e.to_string(),
+            )])
+        })?;
+        f.source = Some(s.clone());
+    }
+    if let Some(s) = q.get("since") {
+        let ms = match s.parse::<u64>() {
+            Ok(ms) => ms,
+            Err(_) => {
+                let t = OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_query",
+                        "since must be an RFC 3339 time or milliseconds since the epoch",
+                    )
+                    .with_errors(vec![FieldError::new(
+                        "since",
+                        "invalid_timestamp",
+                        "RFC 3339 or epoch milliseconds",
+                    )])
+                })?;
+                u64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+            }
+        };
+        f.since_ms = Some(ms);
+    }
+    Ok(f)
+}
+
+/// `GET /events/{tenant}?limit&eventType&source&since`: the tenant's recent events from Redis, newest first.
+pub async fn recent(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(tenant): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let tenant = auth.tenant(&state, &tenant)?;
+    let limit = match q.get("limit") {
+        None => 100,
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=1000).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request("invalid_query", "limit must be 1..=1000")
+                    .with_errors(vec![FieldError::new("limit", "out_of_range", "1..=1000")]))
+            }
+        },
+    };
+    let filter = read_filter(&q)?;
+    let events = state.pipeline.redis().read(&tenant, limit, &filter).await.map_err(|_| {
+        ApiError::unavailable("redis_unavailable", "the real-time store is unavailable; retry later", 2)
+    })?;
+    Ok(Json(json!({"tenantId": tenant, "count": events.len(), "events": events})).into_response())
+}
+
+/// `GET /events/{tenant}/stream`: a Server-Sent Events live tail with the same filters.
+pub async fn live(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(tenant): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let tenant = auth.tenant(&state, &tenant)?;
+    let filter = read_filter(&q)?;
+    let permit = state
+        .sse_streams
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::unavailable("too_many_streams", "too many live tails are open; retry later", 5))?;
+    let rx = state.pipeline.redis().tail(&tenant, filter).await.map_err(|_| {
+        ApiError::unavailable("redis_unavailable", "the real-time store is unavailable; retry later", 2)
+    })?;
+    let stream = futures::stream::unfold((rx, permit), |(mut rx, permit)| async move {
+        let v = rx.recv().await?;
+        let id = v.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+        let ev = SseEvent::default()
+            .event("event")
+            .id(id)
+            .json_data(&v)
+            .unwrap_or_else(|_| SseEvent::default().comment("unencodable"));
+        Some((Ok::<_, Infallible>(ev), (rx, permit)))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+}

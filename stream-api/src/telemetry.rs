@@ -1,0 +1,41 @@
+//! The request middleware: one span per request, metrics by route template (never the raw path), and a bound on
+//! requests in flight (beyond it: 503 at once, so overload never queues without limit).
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use producer::metric_names as m;
+use std::time::Instant;
+use tracing::Instrument;
+
+pub async fn middleware(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
+    let method = req.method().as_str().to_string();
+    let exempt = matches!(route.as_str(), "/health" | "/ready" | "/metrics");
+    let _permit = if exempt {
+        None
+    } else {
+        match state.in_flight.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                return ApiError::unavailable("overloaded", "too many requests in flight; retry shortly", 1)
+                    .into_response()
+            }
+        }
+    };
+    let started = Instant::now();
+    let gauge = metrics::gauge!(m::HTTP_REQUESTS_IN_FLIGHT);
+    gauge.increment(1.0);
+    let span = tracing::info_span!("request", %method, %route, status = tracing::field::Empty);
+    let res = next.run(req).instrument(span.clone()).await;
+    gauge.decrement(1.0);
+    let status = res.status().as_u16();
+    span.record("status", status);
+    let elapsed = started.elapsed().as_secs_f64();
+    metrics::histogram!(m::HTTP_REQUEST_DURATION_SECONDS, "route" => route.clone()).record(elapsed);
+    metrics::counter!(m::HTTP_REQUESTS_TOTAL, "route" => route, "method" => method, "status" => status.to_string())
+        .increment(1);
+    res
+}
