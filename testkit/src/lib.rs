@@ -1,1 +1,187 @@
-//! placeholder
+//! Test-only helpers for evstream's integration tests. The services are real: `scripts/test` starts a tansu
+//! broker and a Redis server on free loopback ports and exports their addresses; tests that must stop and restart
+//! a broker start their own with [`Broker::start`].
+//!
+//! - [`kafka_brokers`], [`redis_url`]: where the shared services are.
+//! - [`unique`]: random names, so that tests never share topics, tenants or consumer groups.
+//! - [`read_topic`]: an independent Kafka consumer that reads a topic from the beginning.
+//! - [`Broker`]: a private tansu broker process that a test can stop and start again on the same port.
+
+use anyhow::{bail, Context};
+use rand::RngCore;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+pub fn kafka_brokers() -> String {
+    std::env::var("EVSTREAM_TEST_KAFKA")
+        .expect("EVSTREAM_TEST_KAFKA is not set: run the tests with scripts/test, which starts the broker")
+}
+
+pub fn redis_url() -> String {
+    std::env::var("EVSTREAM_TEST_REDIS")
+        .expect("EVSTREAM_TEST_REDIS is not set: run the tests with scripts/test, which starts Redis")
+}
+
+/// `prefix-` plus 8 random hex characters.
+pub fn unique(prefix: &str) -> String {
+    let mut b = [0u8; 4];
+    rand::rng().fill_bytes(&mut b);
+    format!("{prefix}-{:02x}{:02x}{:02x}{:02x}", b[0], b[1], b[2], b[3])
+}
+
+/// One record as an independent consumer saw it.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub headers: HashMap<String, String>,
+    pub payload: Vec<u8>,
+}
+
+impl Record {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).expect("record payload is JSON")
+    }
+}
+
+/// Reads `topic` from the beginning of every partition until `done(records)` holds or `timeout` passes, and
+/// returns what it read. A fresh consumer with no group offsets: it sees exactly what the broker stored.
+pub async fn read_topic(
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+    done: impl Fn(&[Record]) -> bool,
+) -> anyhow::Result<Vec<Record>> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("testkit-reader"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "100")
+        .create()?;
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).context("metadata")?;
+    let partitions: Vec<i32> = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default();
+    if partitions.is_empty() {
+        bail!("topic {topic} has no partitions");
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while !done(&out) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match tokio::time::timeout(left.min(Duration::from_millis(500)), consumer.recv()).await {
+            Err(_) => continue,
+            Ok(Err(e)) => bail!("consume failed: {e}"),
+            Ok(Ok(m)) => {
+                let mut headers = HashMap::new();
+                if let Some(h) = m.headers() {
+                    for x in h.iter() {
+                        headers.insert(
+                            x.key.to_string(),
+                            String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                        );
+                    }
+                }
+                out.push(Record {
+                    topic: m.topic().to_string(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    headers,
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A private tansu broker on a free port, which the test may stop and start again.
+pub struct Broker {
+    pub port: u16,
+    child: Option<tokio::process::Child>,
+    dir: std::path::PathBuf,
+}
+
+fn tansu_bin() -> String {
+    std::env::var("EVSTREAM_TANSU_BIN").expect("EVSTREAM_TANSU_BIN is not set: run the tests with scripts/test")
+}
+
+impl Broker {
+    pub async fn start() -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let dir = std::env::temp_dir().join(unique("evstream-broker"));
+        std::fs::create_dir_all(&dir)?;
+        let mut b = Self { port, child: None, dir };
+        b.resume().await?;
+        Ok(b)
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the broker process (as a crash would).
+    pub async fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
+    }
+
+    /// Starts the broker again on the same port.
+    pub async fn resume(&mut self) -> anyhow::Result<()> {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::File::create(self.dir.join("tansu.log"))?;
+        let child = tokio::process::Command::new(tansu_bin())
+            .args([
+                "broker",
+                "--storage-engine",
+                "memory://tansu/",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("broker did not listen on {} within 30 s", self.port);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
