@@ -9,6 +9,7 @@ use crate::route;
 use crate::sinks::kafka::{KafkaSink, KafkaSinkError};
 use crate::sinks::redis_stream::{RedisStreamSink, StreamEntry};
 use crate::tenant_stats::TenantStats;
+use crate::topics::{TopicSpec, Topics};
 use schemas::catalog::source_label;
 use schemas::config::{DestinationKind, FilterOutcome};
 use schemas::event::{parse_event, peek_tenant};
@@ -22,7 +23,13 @@ use time::OffsetDateTime;
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
     pub default_topic: String,
+    /// Partitions and replication of topics the pipeline (re)creates.
+    pub partitions: i32,
+    pub replication: i32,
 }
+
+/// How often, at most, a delivery failure triggers a check that the topics still exist.
+const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Whose request this is: the admin may write for any registered tenant, a tenant key only for its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +115,8 @@ struct Inner {
     configs: ConfigLog,
     stats: TenantStats,
     dead: DeadLetters,
+    topics: Arc<Topics>,
+    last_reconcile: std::sync::Mutex<Option<Instant>>,
     cfg: PipelineConfig,
 }
 
@@ -119,8 +128,48 @@ impl Pipeline {
         configs: ConfigLog,
         stats: TenantStats,
         dead: DeadLetters,
+        topics: Arc<Topics>,
     ) -> Self {
-        Self { inner: Arc::new(Inner { catalog: Catalog::new(), kafka, redis, configs, stats, dead, cfg }) }
+        Self {
+            inner: Arc::new(Inner {
+                catalog: Catalog::new(),
+                kafka,
+                redis,
+                configs,
+                stats,
+                dead,
+                topics,
+                last_reconcile: Default::default(),
+                cfg,
+            }),
+        }
+    }
+
+    /// After a delivery failure, makes sure the topics still exist (a broker that lost its data, or a topic
+    /// deleted by hand), at most once per [`RECONCILE_EVERY`]. A no-op on a healthy cluster.
+    fn reconcile_topics(&self, topics: &[&str]) {
+        let i = &self.inner;
+        {
+            let Ok(mut last) = i.last_reconcile.lock() else { return };
+            if last.is_some_and(|t| t.elapsed() < RECONCILE_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let spec = |name: &str| TopicSpec {
+            name: name.to_string(),
+            partitions: i.cfg.partitions,
+            replication: i.cfg.replication,
+            compacted: false,
+        };
+        let specs: Vec<TopicSpec> =
+            topics.iter().map(|t| spec(t)).chain(std::iter::once(spec(i.dead.topic()))).collect();
+        let admin = i.topics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = admin.ensure(&specs).await {
+                tracing::debug!(error = %e, "topic reconcile failed");
+            }
+        });
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -206,8 +255,13 @@ impl Pipeline {
                 Ok(d) => {
                     placements.push(Placement { topic: (*t).to_string(), partition: d.partition, offset: d.offset })
                 }
-                Err(e @ KafkaSinkError::Retriable { .. }) => return Err(IngestError::Unavailable(e)),
-                Err(e @ KafkaSinkError::Final { .. }) => return Err(IngestError::Undeliverable(e)),
+                Err(e) => {
+                    self.reconcile_topics(&topics);
+                    return Err(match e {
+                        KafkaSinkError::Retriable { .. } => IngestError::Unavailable(e),
+                        KafkaSinkError::Final { .. } => IngestError::Undeliverable(e),
+                    });
+                }
             }
         }
         let elapsed = started.elapsed();

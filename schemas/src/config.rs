@@ -148,6 +148,7 @@ impl StreamConfig {
             }
             // Read-back documents carry `version`; accept them as they are.
             obj.remove("version");
+            obj.remove("updatedAt");
         }
         let cfg: StreamConfig = serde_path_to_error::deserialize(v).map_err(|e| {
             let path = e.path().to_string();

@@ -39,7 +39,12 @@ impl Auth {
     pub fn require_admin(&self) -> Result<(), ApiError> {
         match self.0 {
             Principal::Admin => Ok(()),
-            Principal::Tenant { .. } => Err(ApiError::forbidden("this operation needs the admin key")),
+            Principal::Tenant { .. } => Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "admin_required",
+                "Forbidden",
+                "this operation needs the admin key",
+            )),
         }
     }
 

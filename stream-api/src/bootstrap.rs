@@ -87,7 +87,12 @@ pub async fn start(s: &Settings, prometheus: Option<PrometheusHandle>) -> Result
             generated_admin_key = Some(key);
         }
     }
-    let pipeline =
-        Pipeline::new(PipelineConfig { default_topic: s.events_topic.clone() }, kafka, redis, configs, stats, dead);
+    let topics = std::sync::Arc::new(topics);
+    let pcfg = PipelineConfig {
+        default_topic: s.events_topic.clone(),
+        partitions: s.api.partitions,
+        replication: s.api.replication,
+    };
+    let pipeline = Pipeline::new(pcfg, kafka, redis, configs, stats, dead, topics.clone());
     Ok(Started { state: AppState::new(pipeline, s.api.clone(), prometheus, topics), generated_admin_key })
 }

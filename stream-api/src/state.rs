@@ -52,14 +52,14 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(pipeline: Pipeline, cfg: ApiConfig, prometheus: Option<PrometheusHandle>, topics: Topics) -> Self {
+    pub fn new(pipeline: Pipeline, cfg: ApiConfig, prometheus: Option<PrometheusHandle>, topics: Arc<Topics>) -> Self {
         Self {
             pipeline,
             in_flight: Arc::new(Semaphore::new(cfg.max_in_flight)),
             sse_streams: Arc::new(Semaphore::new(cfg.max_sse_streams)),
             cfg: Arc::new(cfg),
             prometheus,
-            topics: Arc::new(topics),
+            topics,
         }
     }
 }

@@ -121,6 +121,7 @@ impl KafkaSink {
             Ok(d) => Ok(Delivered { partition: d.partition, offset: d.offset }),
             Err((e, _)) => {
                 let err = classify(topic, e);
+                tracing::warn!(topic, reason = err.reason(), error = %e_display(&err), "kafka produce failed");
                 metrics::counter!(m::KAFKA_PRODUCE_ERRORS_TOTAL, "reason" => err.reason()).increment(1);
                 Err(err)
             }
@@ -140,6 +141,12 @@ impl KafkaSink {
         for p in [self.plain.clone(), self.lz4.clone()] {
             let _ = tokio::task::spawn_blocking(move || p.flush(Timeout::After(timeout))).await;
         }
+    }
+}
+
+fn e_display(e: &KafkaSinkError) -> String {
+    match e {
+        KafkaSinkError::Retriable { source, .. } | KafkaSinkError::Final { source, .. } => source.to_string(),
     }
 }
 

@@ -155,7 +155,8 @@ impl RedisStreamSink {
         let key = stream_key(tenant);
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(async move {
-            let mut last = "$".to_string();
+            // `since` replays from that time; otherwise the tail starts with what arrives next.
+            let mut last = filter.since_ms.map_or_else(|| "$".to_string(), |ms| format!("{}-0", ms.saturating_sub(1)));
             let opts = redis::streams::StreamReadOptions::default().block(5_000).count(100);
             loop {
                 let reply: Result<Option<StreamReadReply>, _> = conn.xread_options(&[&key], &[&last], &opts).await;

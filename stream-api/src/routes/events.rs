@@ -38,8 +38,11 @@ fn document(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiError> {
                 attrs.push((attr.to_string(), v.to_string()));
             }
         }
-        let data = if bytes.iter().all(u8::is_ascii_whitespace) { None } else { Some(body::json(bytes)?) };
         let mt = body::media_type(headers);
+        if mt.as_deref().is_some_and(|m| !body::is_json(m)) {
+            return Err(body::unsupported_media_type("application/json (binary-mode data must be JSON)"));
+        }
+        let data = if bytes.iter().all(u8::is_ascii_whitespace) { None } else { Some(body::json(bytes)?) };
         return cloudevents::from_binary(attrs, mt.as_deref(), data).map_err(ApiError::invalid);
     }
     match body::media_type(headers).as_deref() {

@@ -132,7 +132,15 @@ pub async fn put_config(
             )]))
         }
         Ok(Verdict::Refused(r)) => {
-            return Err(ApiError::new(StatusCode::CONFLICT, "refused", "Refused", format!("{r:?}")))
+            return Err({
+                tracing::warn!(refusal = ?r, "config write refused");
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "refused",
+                    "Refused",
+                    "the configuration log refused the change; retry",
+                )
+            })
         }
         Err(e) => {
             tracing::warn!(error = %e, "config write failed");

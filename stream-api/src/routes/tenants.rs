@@ -80,7 +80,15 @@ pub async fn create(
                 format!("tenant `{id}` already exists"),
             ))
         }
-        Verdict::Refused(r) => return Err(ApiError::new(StatusCode::CONFLICT, "refused", "Refused", format!("{r:?}"))),
+        Verdict::Refused(r) => {
+            tracing::warn!(refusal = ?r, "tenant write refused");
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "refused",
+                "Refused",
+                "the configuration log refused the change; retry",
+            ));
+        }
     }
     let t = state.pipeline.configs().tenant(&id);
     Ok((StatusCode::CREATED, Json(json!(t))).into_response())

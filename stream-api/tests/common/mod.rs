@@ -61,6 +61,10 @@ impl TestApp {
     }
 
     pub async fn start_with(o: Opts) -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info,librdkafka=info"))
+            .try_init();
         let settings = Settings {
             kafka: KafkaSinkConfig {
                 brokers: o.brokers.clone(),
