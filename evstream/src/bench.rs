@@ -222,6 +222,10 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     }
     let r = http.post(format!("{base}/tenants")).bearer_auth(&admin).json(&json!({"id": tenant})).send().await?;
     anyhow::ensure!(r.status() == 201, "creating the tenant answered {}", r.status());
+    // The default per-tenant quota would cap the measurement; lift it for the bench tenant (admin only).
+    let quota = json!({"quota": {"eventsPerSecond": 10_000_000u64, "bytesPerSecond": 10_000_000_000u64}});
+    let r = http.put(format!("{base}/stream-config/{tenant}")).bearer_auth(&admin).json(&quota).send().await?;
+    anyhow::ensure!(r.status() == 200, "lifting the quota answered {}", r.status());
     let rss_idle = peak_rss_mb(pid);
 
     println!(

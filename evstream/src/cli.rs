@@ -76,6 +76,18 @@ pub struct Common {
     /// Requests handled at once; beyond it: 503.
     #[arg(long, env = "EVSTREAM_MAX_IN_FLIGHT", default_value_t = 4096)]
     pub max_in_flight: usize,
+    /// How long a client-supplied event id or Idempotency-Key is remembered (retries within it write nothing).
+    #[arg(long, env = "EVSTREAM_IDEMPOTENCY_WINDOW_SECS", default_value_t = 3600)]
+    pub idempotency_window_secs: u64,
+    /// Default per-tenant quota: events per second (a tenant's stream config may override it; admin only).
+    #[arg(long, env = "EVSTREAM_QUOTA_EVENTS_PER_SEC", default_value_t = 1000)]
+    pub quota_events_per_sec: u64,
+    /// Default per-tenant quota: bytes per second.
+    #[arg(long, env = "EVSTREAM_QUOTA_BYTES_PER_SEC", default_value_t = 10485760)]
+    pub quota_bytes_per_sec: u64,
+    /// Bursts may reach this many seconds' worth of the quota.
+    #[arg(long, env = "EVSTREAM_QUOTA_BURST_SECS", default_value_t = 2)]
+    pub quota_burst_secs: u64,
     /// Events waiting for Redis; beyond it they are dropped from the real-time window (Kafka keeps them).
     #[arg(long, env = "EVSTREAM_REDIS_QUEUE", default_value_t = 100000)]
     pub redis_queue: usize,

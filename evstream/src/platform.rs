@@ -22,6 +22,12 @@ pub fn settings(o: &Common) -> Settings {
         events_topic: o.events_topic.clone(),
         config_topic: o.config_topic.clone(),
         deadletter_topic: o.deadletter_topic.clone(),
+        idempotency_window: Duration::from_secs(o.idempotency_window_secs),
+        default_quota: schemas::config::Quota {
+            events_per_second: o.quota_events_per_sec,
+            bytes_per_second: o.quota_bytes_per_sec,
+            burst_seconds: o.quota_burst_secs,
+        },
         api: ApiConfig {
             max_body_bytes: o.max_body_bytes,
             max_bulk_bytes: o.max_bulk_bytes,

@@ -2,6 +2,8 @@
 //!
 //! Layout:
 //! - [`pipeline`]: `Pipeline::ingest` runs validate -> enrich -> filter -> route -> sinks and returns the broker's ack.
+//! - [`idempotency`]: a repeated event id or `Idempotency-Key` returns the first result (state in Redis).
+//! - [`quota`]: per-tenant events/s and bytes/s token buckets (state in Redis).
 //! - [`enrich`]: server-side fields (`id`, `receivedAt`, `schemaVersion`, `correlationId`).
 //! - [`route`]: which topics an event goes to, and the Kafka record headers (CloudEvents Kafka binding).
 //! - [`sinks`]: `kafka` (rdkafka, idempotent, acks=all) and `redis_stream` (pipelined `XADD` per tenant).
@@ -14,11 +16,13 @@
 pub mod config_log;
 pub mod dead_letter;
 pub mod enrich;
+pub mod idempotency;
 pub mod metric_names;
 pub mod pipeline;
+pub mod quota;
 pub mod route;
 pub mod sinks;
 pub mod tenant_stats;
 pub mod topics;
 
-pub use pipeline::{Accepted, IngestError, Outcome, Pipeline, PipelineConfig, Scope};
+pub use pipeline::{Accepted, IngestError, Outcome, Parts, Pipeline, PipelineConfig, RequestContext, Scope};

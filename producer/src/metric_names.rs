@@ -24,3 +24,9 @@ pub const REDIS_STREAM_WRITES_TOTAL: &str = "evstream_redis_stream_writes_total"
 pub const DEADLETTER_TOTAL: &str = "evstream_deadletter_total";
 /// counter {kind}
 pub const CONFIG_RECORDS_APPLIED_TOTAL: &str = "evstream_config_records_applied_total";
+/// counter: retries answered from the idempotency store
+pub const EVENTS_DEDUPLICATED_TOTAL: &str = "evstream_events_deduplicated_total";
+/// counter: requests ingested without de-duplication because Redis was unreachable
+pub const IDEMPOTENCY_UNAVAILABLE_TOTAL: &str = "evstream_idempotency_unavailable_total";
+/// counter: requests ingested without quota enforcement because Redis was unreachable
+pub const QUOTA_UNAVAILABLE_TOTAL: &str = "evstream_quota_unavailable_total";

@@ -1,10 +1,17 @@
-//! The ingest pipeline. [`Pipeline::ingest`] is the one place an event is accepted, and its `Ok` is the one place
-//! it is acknowledged: it returns only after the broker acknowledged every record (acks=all).
+//! The ingest pipeline. [`Pipeline::ingest`] and [`Pipeline::ingest_many`] are the one place an event is accepted,
+//! and their `Ok` is the one place it is acknowledged: they return only after the broker acknowledged every
+//! record (acks=all, idempotent producer).
+//!
+//! Stages: `prepare` (validate, authorise, tenant config, enrich, filter, serialise) -> idempotency claim ->
+//! quota -> `commit` (Kafka, awaited; Redis, queued). Each stage is a plain function of its inputs, so the bulk
+//! path runs the same code as the single path, only grouping the quota check per tenant.
 
 use crate::config_log::ConfigLog;
 use crate::dead_letter::DeadLetters;
 use crate::enrich::enrich;
+use crate::idempotency::{Claim, ClaimGuard, Idempotency};
 use crate::metric_names as m;
+use crate::quota::{QuotaDecision, Quotas};
 use crate::route;
 use crate::sinks::kafka::{KafkaSink, KafkaSinkError};
 use crate::sinks::redis_stream::{RedisStreamSink, StreamEntry};
@@ -13,11 +20,12 @@ use crate::topics::{TopicSpec, Topics};
 use schemas::catalog::source_label;
 use schemas::config::{DestinationKind, FilterOutcome};
 use schemas::event::{parse_event, peek_tenant};
-use schemas::{Catalog, EventId, FieldError, TenantId};
+use schemas::{Catalog, Event, EventId, FieldError, StreamConfig, TenantId};
 use serde::Serialize;
 use serde_json::Value;
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
 #[derive(Debug, Clone)]
@@ -29,13 +37,24 @@ pub struct PipelineConfig {
 }
 
 /// How often, at most, a delivery failure triggers a check that the topics still exist.
-const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 
 /// Whose request this is: the admin may write for any registered tenant, a tenant key only for its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
     Admin,
     Tenant(TenantId),
+}
+
+/// Per-request context shared by every item of a request.
+#[derive(Debug, Clone)]
+pub struct RequestContext<'a> {
+    pub scope: &'a Scope,
+    pub started: Instant,
+    pub received_at: OffsetDateTime,
+    pub correlation: Option<&'a str>,
+    /// `Idempotency-Key` of a single-event request, used when the event carries no `id`.
+    pub idempotency_key: Option<&'a str>,
 }
 
 /// One record the broker acknowledged.
@@ -55,9 +74,12 @@ pub struct Accepted {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
-    /// Every record written when the tenant routes to several topics (the first is the one above).
+    /// The other records written when the tenant routes to several topics.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub also: Vec<Placement>,
+    /// True when this is the stored result of an earlier request with the same id: nothing was written.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -82,6 +104,10 @@ pub enum IngestError {
     TenantDisabled { tenant: TenantId },
     #[error("source {source_name} is not in the catalog nor in the tenant's allowedSources")]
     SourceNotAllowed { source_name: String },
+    #[error("tenant {tenant} is over its ingest quota")]
+    QuotaExceeded { tenant: TenantId, retry_after: Duration, reason: &'static str },
+    #[error("an event with the same id is still being written")]
+    InFlight,
     #[error("the broker did not acknowledge the event")]
     Unavailable(#[source] KafkaSinkError),
     #[error("the broker refused the event")]
@@ -97,10 +123,27 @@ impl IngestError {
             Self::UnknownTenant { .. } => "unknown_tenant",
             Self::TenantDisabled { .. } => "tenant_disabled",
             Self::SourceNotAllowed { .. } => "source_not_allowed",
+            Self::QuotaExceeded { reason, .. } => reason,
+            Self::InFlight => "duplicate_in_flight",
             Self::Unavailable(_) => "broker_unavailable",
             Self::Undeliverable(e) => e.reason(),
         }
     }
+}
+
+/// An event that passed validation, authorisation and the tenant's filters, ready to be written.
+pub struct Prepared {
+    event: Event,
+    cfg: Arc<StreamConfig>,
+    json: Arc<[u8]>,
+    dedup_key: Option<String>,
+    /// Set when the tenant's filters drop the event: nothing is written.
+    filtered: Option<&'static str>,
+}
+
+enum Stage {
+    Ready(Prepared),
+    Done(Result<Outcome, IngestError>),
 }
 
 #[derive(Clone)]
@@ -116,33 +159,263 @@ struct Inner {
     stats: TenantStats,
     dead: DeadLetters,
     topics: Arc<Topics>,
+    idempotency: Idempotency,
+    quotas: Quotas,
     last_reconcile: std::sync::Mutex<Option<Instant>>,
     cfg: PipelineConfig,
 }
 
+/// The parts a pipeline is built from.
+pub struct Parts {
+    pub kafka: KafkaSink,
+    pub redis: RedisStreamSink,
+    pub configs: ConfigLog,
+    pub stats: TenantStats,
+    pub dead: DeadLetters,
+    pub topics: Arc<Topics>,
+    pub idempotency: Idempotency,
+    pub quotas: Quotas,
+}
+
 impl Pipeline {
-    pub fn new(
-        cfg: PipelineConfig,
-        kafka: KafkaSink,
-        redis: RedisStreamSink,
-        configs: ConfigLog,
-        stats: TenantStats,
-        dead: DeadLetters,
-        topics: Arc<Topics>,
-    ) -> Self {
+    pub fn new(cfg: PipelineConfig, p: Parts) -> Self {
         Self {
             inner: Arc::new(Inner {
                 catalog: Catalog::new(),
-                kafka,
-                redis,
-                configs,
-                stats,
-                dead,
-                topics,
+                kafka: p.kafka,
+                redis: p.redis,
+                configs: p.configs,
+                stats: p.stats,
+                dead: p.dead,
+                topics: p.topics,
+                idempotency: p.idempotency,
+                quotas: p.quotas,
                 last_reconcile: Default::default(),
                 cfg,
             }),
         }
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
+    }
+    pub fn kafka(&self) -> &KafkaSink {
+        &self.inner.kafka
+    }
+    pub fn redis(&self) -> &RedisStreamSink {
+        &self.inner.redis
+    }
+    pub fn configs(&self) -> &ConfigLog {
+        &self.inner.configs
+    }
+    pub fn stats(&self) -> &TenantStats {
+        &self.inner.stats
+    }
+    pub fn quotas(&self) -> &Quotas {
+        &self.inner.quotas
+    }
+    pub fn default_topic(&self) -> &str {
+        &self.inner.cfg.default_topic
+    }
+
+    /// One event: the whole pipeline.
+    pub async fn ingest(&self, v: &Value, ctx: &RequestContext<'_>) -> Result<Outcome, IngestError> {
+        let mut out = self.ingest_many(std::slice::from_ref(v), ctx).await;
+        out.pop().unwrap_or(Err(IngestError::InFlight))
+    }
+
+    /// Many events (a bulk request): results in input order. Quotas are taken once per tenant for the request.
+    pub async fn ingest_many(&self, values: &[Value], ctx: &RequestContext<'_>) -> Vec<Result<Outcome, IngestError>> {
+        let single = values.len() == 1;
+        let mut stages: Vec<Stage> = values
+            .iter()
+            .map(|v| match self.prepare(v, ctx, single) {
+                Ok(p) => Stage::Ready(p),
+                Err(e) => Stage::Done(Err(e)),
+            })
+            .collect();
+
+        // Claim ids first, so that a retried event neither writes twice nor spends quota twice.
+        let claims = futures::future::join_all(stages.iter().map(|s| async move {
+            match s {
+                Stage::Ready(p) => match &p.dedup_key {
+                    Some(k) => Some(self.inner.idempotency.claim(&p.event.tenant_id, k).await),
+                    None => None,
+                },
+                Stage::Done(_) => None,
+            }
+        }))
+        .await;
+        let mut guards: Vec<Option<ClaimGuard>> = Vec::with_capacity(stages.len());
+        for (stage, claim) in stages.iter_mut().zip(claims) {
+            let guard = match claim {
+                Some(Claim::New(g)) => Some(g),
+                Some(Claim::Duplicate(r)) => {
+                    if let Stage::Ready(p) = stage {
+                        let tenant = p.event.tenant_id.clone();
+                        *stage =
+                            Stage::Done(r.into_accepted(tenant).map(Outcome::Accepted).ok_or(IngestError::InFlight));
+                    }
+                    None
+                }
+                Some(Claim::InFlight) => {
+                    *stage = Stage::Done(Err(IngestError::InFlight));
+                    None
+                }
+                Some(Claim::Unavailable) | None => None,
+            };
+            guards.push(guard);
+        }
+
+        // Quotas: one check per tenant for all of its events in this request.
+        let mut per_tenant: HashMap<TenantId, (Arc<StreamConfig>, u64, u64)> = HashMap::new();
+        for s in &stages {
+            if let Stage::Ready(p @ Prepared { filtered: None, .. }) = s {
+                let e = per_tenant.entry(p.event.tenant_id.clone()).or_insert_with(|| (p.cfg.clone(), 0, 0));
+                e.1 += 1;
+                e.2 += p.json.len() as u64;
+            }
+        }
+        let decisions = futures::future::join_all(per_tenant.iter().map(|(t, (cfg, n, bytes))| async move {
+            (t.clone(), self.inner.quotas.take(t, cfg.quota.as_ref(), *n, *bytes).await)
+        }))
+        .await;
+        let limited: HashMap<TenantId, (Duration, &'static str)> = decisions
+            .into_iter()
+            .filter_map(|(t, d)| match d {
+                QuotaDecision::Allowed => None,
+                QuotaDecision::Limited { retry_after, reason } => Some((t, (retry_after, reason))),
+            })
+            .collect();
+
+        let results = futures::future::join_all(stages.into_iter().zip(guards).map(|(stage, guard)| {
+            let limited = &limited;
+            async move {
+                match stage {
+                    Stage::Done(r) => r,
+                    Stage::Ready(p) => {
+                        if let Some((retry_after, reason)) = limited.get(&p.event.tenant_id) {
+                            if let Some(g) = guard {
+                                self.inner.idempotency.release(g).await;
+                            }
+                            return Err(IngestError::QuotaExceeded {
+                                tenant: p.event.tenant_id,
+                                retry_after: *retry_after,
+                                reason,
+                            });
+                        }
+                        let r = self.commit(&p, ctx.started).await;
+                        if let Some(g) = guard {
+                            match &r {
+                                Ok(Outcome::Accepted(a)) => self.inner.idempotency.complete(g, a).await,
+                                _ => self.inner.idempotency.release(g).await,
+                            }
+                        }
+                        r
+                    }
+                }
+            }
+        }))
+        .await;
+        for (v, r) in values.iter().zip(&results) {
+            if let Err(e) = r {
+                self.count_rejection(v, e);
+            }
+        }
+        results
+    }
+
+    /// validate -> authorise -> tenant config -> enrich -> filter -> serialise. Filtered events end here.
+    fn prepare(&self, v: &Value, ctx: &RequestContext<'_>, single: bool) -> Result<Prepared, IngestError> {
+        let i = &self.inner;
+        // Authorise on the tenant before reporting anything else about the document.
+        if let (Scope::Tenant(own), Some(t)) = (ctx.scope, peek_tenant(v)) {
+            if *own != t {
+                return Err(IngestError::Forbidden { tenant: t });
+            }
+        }
+        let draft = parse_event(v, &i.catalog).map_err(|errors| IngestError::Invalid { errors })?;
+        let Some(vc) = i.configs.stream_config(&draft.tenant_id) else {
+            return Err(IngestError::UnknownTenant { tenant: draft.tenant_id });
+        };
+        let cfg = vc.config;
+        if !cfg.enabled {
+            return Err(IngestError::TenantDisabled { tenant: draft.tenant_id });
+        }
+        if !cfg.source_allowed(&draft.source) {
+            return Err(IngestError::SourceNotAllowed { source_name: draft.source.to_string() });
+        }
+        let client_id = draft.id.as_ref().map(|id| id.to_string());
+        let event = enrich(draft, ctx.received_at, ctx.correlation);
+        if cfg.filter(&event) == FilterOutcome::NoFilterMatched {
+            let reason = "no_filter_matched";
+            i.stats.filtered(&event.tenant_id, reason);
+            metrics::counter!(m::EVENTS_FILTERED_TOTAL, "tenant" => event.tenant_id.to_string(), "reason" => reason)
+                .increment(1);
+            return Ok(Prepared { event, cfg, json: Arc::from(&[][..]), dedup_key: None, filtered: Some(reason) });
+        }
+        let json: Arc<[u8]> = serde_json::to_vec(&event)
+            .map_err(|e| IngestError::Invalid { errors: vec![FieldError::new("", "unencodable", e.to_string())] })?
+            .into();
+        let dedup_key =
+            client_id.or_else(|| if single { ctx.idempotency_key.map(|k| format!("key:{k}")) } else { None });
+        Ok(Prepared { event, cfg, json, dedup_key, filtered: None })
+    }
+
+    /// Kafka (awaited, every route) -> Redis (queued).
+    async fn commit(&self, p: &Prepared, started: Instant) -> Result<Outcome, IngestError> {
+        let i = &self.inner;
+        if let Some(reason) = p.filtered {
+            return Ok(Outcome::Filtered { id: p.event.id.clone(), reason });
+        }
+        let event = &p.event;
+        let cfg = &p.cfg;
+        let topics = route::topics(cfg, &i.cfg.default_topic);
+        let key = event.tenant_id.as_str();
+        let sends =
+            topics.iter().map(|t| i.kafka.send(t, key, &p.json, route::headers(event), cfg.compression_enabled));
+        let results = futures::future::join_all(sends).await;
+        let mut placements = Vec::with_capacity(results.len());
+        for (t, r) in topics.iter().zip(results) {
+            match r {
+                Ok(d) => {
+                    placements.push(Placement { topic: (*t).to_string(), partition: d.partition, offset: d.offset })
+                }
+                Err(e) => {
+                    self.reconcile_topics(&topics);
+                    return Err(match e {
+                        KafkaSinkError::Retriable { .. } => IngestError::Unavailable(e),
+                        KafkaSinkError::Final { .. } => IngestError::Undeliverable(e),
+                    });
+                }
+            }
+        }
+        let elapsed = started.elapsed();
+        let source = source_label(event.source.as_str());
+        metrics::histogram!(m::INGEST_DURATION_SECONDS).record(elapsed.as_secs_f64());
+        metrics::counter!(m::EVENTS_ACCEPTED_TOTAL, "tenant" => event.tenant_id.to_string(), "event_type" => event.event_type.as_str(), "source" => source).increment(1);
+        i.stats.accepted(&event.tenant_id, event.event_type.as_str(), source, elapsed);
+        if cfg.destination_enabled(DestinationKind::Redis) {
+            i.redis.enqueue(StreamEntry {
+                tenant: event.tenant_id.clone(),
+                event_id: event.id.to_string(),
+                event_type: event.event_type,
+                source: event.source.to_string(),
+                json: p.json.clone(),
+                max_len: cfg.redis_max_len(),
+                retention_ms: u64::from(cfg.retention_days) * 86_400_000,
+            });
+        }
+        let first = placements.remove(0);
+        Ok(Outcome::Accepted(Accepted {
+            id: event.id.clone(),
+            tenant: event.tenant_id.clone(),
+            topic: first.topic,
+            partition: first.partition,
+            offset: first.offset,
+            also: placements,
+            duplicate: false,
+        }))
     }
 
     /// After a delivery failure, makes sure the topics still exist (a broker that lost its data, or a topic
@@ -172,124 +445,6 @@ impl Pipeline {
         });
     }
 
-    pub fn catalog(&self) -> &Catalog {
-        &self.inner.catalog
-    }
-    pub fn kafka(&self) -> &KafkaSink {
-        &self.inner.kafka
-    }
-    pub fn redis(&self) -> &RedisStreamSink {
-        &self.inner.redis
-    }
-    pub fn configs(&self) -> &ConfigLog {
-        &self.inner.configs
-    }
-    pub fn stats(&self) -> &TenantStats {
-        &self.inner.stats
-    }
-    pub fn default_topic(&self) -> &str {
-        &self.inner.cfg.default_topic
-    }
-
-    /// validate -> authorise -> enrich -> filter -> route -> Kafka (awaited) -> Redis (queued).
-    pub async fn ingest(
-        &self,
-        v: &Value,
-        scope: &Scope,
-        started: Instant,
-        received_at: OffsetDateTime,
-        correlation: Option<&str>,
-    ) -> Result<Outcome, IngestError> {
-        let res = self.ingest_inner(v, scope, started, received_at, correlation).await;
-        if let Err(e) = &res {
-            self.count_rejection(v, e);
-        }
-        res
-    }
-
-    async fn ingest_inner(
-        &self,
-        v: &Value,
-        scope: &Scope,
-        started: Instant,
-        received_at: OffsetDateTime,
-        correlation: Option<&str>,
-    ) -> Result<Outcome, IngestError> {
-        let i = &self.inner;
-        // Authorise on the tenant before reporting anything else about the document.
-        if let (Scope::Tenant(own), Some(t)) = (scope, peek_tenant(v)) {
-            if *own != t {
-                return Err(IngestError::Forbidden { tenant: t });
-            }
-        }
-        let draft = parse_event(v, &i.catalog).map_err(|errors| IngestError::Invalid { errors })?;
-        let Some(vc) = i.configs.stream_config(&draft.tenant_id) else {
-            return Err(IngestError::UnknownTenant { tenant: draft.tenant_id });
-        };
-        let cfg = vc.config;
-        if !cfg.enabled {
-            return Err(IngestError::TenantDisabled { tenant: draft.tenant_id });
-        }
-        if !cfg.source_allowed(&draft.source) {
-            return Err(IngestError::SourceNotAllowed { source_name: draft.source.to_string() });
-        }
-        let event = enrich(draft, received_at, correlation);
-        let source = source_label(event.source.as_str());
-        if cfg.filter(&event) == FilterOutcome::NoFilterMatched {
-            let reason = "no_filter_matched";
-            i.stats.filtered(&event.tenant_id, reason);
-            metrics::counter!(m::EVENTS_FILTERED_TOTAL, "tenant" => event.tenant_id.to_string(), "reason" => reason)
-                .increment(1);
-            return Ok(Outcome::Filtered { id: event.id, reason });
-        }
-        let json: Arc<[u8]> = serde_json::to_vec(&event)
-            .map_err(|e| IngestError::Invalid { errors: vec![FieldError::new("", "unencodable", e.to_string())] })?
-            .into();
-        let topics = route::topics(&cfg, &i.cfg.default_topic);
-        let key = event.tenant_id.as_str();
-        let sends = topics.iter().map(|t| i.kafka.send(t, key, &json, route::headers(&event), cfg.compression_enabled));
-        let results = futures::future::join_all(sends).await;
-        let mut placements = Vec::with_capacity(results.len());
-        for (t, r) in topics.iter().zip(results) {
-            match r {
-                Ok(d) => {
-                    placements.push(Placement { topic: (*t).to_string(), partition: d.partition, offset: d.offset })
-                }
-                Err(e) => {
-                    self.reconcile_topics(&topics);
-                    return Err(match e {
-                        KafkaSinkError::Retriable { .. } => IngestError::Unavailable(e),
-                        KafkaSinkError::Final { .. } => IngestError::Undeliverable(e),
-                    });
-                }
-            }
-        }
-        let elapsed = started.elapsed();
-        metrics::histogram!(m::INGEST_DURATION_SECONDS).record(elapsed.as_secs_f64());
-        metrics::counter!(m::EVENTS_ACCEPTED_TOTAL, "tenant" => event.tenant_id.to_string(), "event_type" => event.event_type.as_str(), "source" => source).increment(1);
-        i.stats.accepted(&event.tenant_id, event.event_type.as_str(), source, elapsed);
-        if cfg.destination_enabled(DestinationKind::Redis) {
-            i.redis.enqueue(StreamEntry {
-                tenant: event.tenant_id.clone(),
-                event_id: event.id.to_string(),
-                event_type: event.event_type,
-                source: event.source.to_string(),
-                json: json.clone(),
-                max_len: cfg.redis_max_len(),
-                retention_ms: u64::from(cfg.retention_days) * 86_400_000,
-            });
-        }
-        let first = placements.remove(0);
-        Ok(Outcome::Accepted(Accepted {
-            id: event.id,
-            tenant: event.tenant_id,
-            topic: first.topic,
-            partition: first.partition,
-            offset: first.offset,
-            also: placements,
-        }))
-    }
-
     /// Counts a rejection against the tenant (when registered) and dead-letters what was rejected after parsing.
     fn count_rejection(&self, v: &Value, e: &IngestError) {
         let i = &self.inner;
@@ -305,8 +460,12 @@ impl Pipeline {
             | IngestError::TenantDisabled { .. }
             | IngestError::SourceNotAllowed { .. }
             | IngestError::Undeliverable(_) => tenant.is_some(),
-            // Nothing to record: not the caller's tenant, no such tenant, or a retry will follow.
-            IngestError::Forbidden { .. } | IngestError::UnknownTenant { .. } | IngestError::Unavailable(_) => false,
+            // Nothing to record: not the caller's tenant, no such tenant, or the client is told to retry.
+            IngestError::Forbidden { .. }
+            | IngestError::UnknownTenant { .. }
+            | IngestError::Unavailable(_)
+            | IngestError::QuotaExceeded { .. }
+            | IngestError::InFlight => false,
         };
         if dead_letter {
             let errors = match e {

@@ -50,6 +50,23 @@ pub struct StreamConfig {
     /// Sources beyond the built-in catalog that this tenant may use.
     #[serde(default)]
     pub allowed_sources: Vec<SourceName>,
+    /// Ingest quota overriding the server default. Only the admin key may set or change it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<Quota>,
+}
+
+/// Token-bucket limits of one tenant: sustained rates, and bursts of `burstSeconds` worth of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Quota {
+    pub events_per_second: u64,
+    pub bytes_per_second: u64,
+    #[serde(default = "default_burst_seconds")]
+    pub burst_seconds: u64,
+}
+
+fn default_burst_seconds() -> u64 {
+    2
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -119,6 +136,7 @@ impl Default for StreamConfig {
             batch_size: default_batch_size(),
             compression_enabled: false,
             allowed_sources: Vec::new(),
+            quota: None,
         }
     }
 }
@@ -233,6 +251,15 @@ impl StreamConfig {
                 "out_of_range",
                 format!("retentionDays must be 1..={MAX_RETENTION_DAYS}"),
             ));
+        }
+        if let Some(q) = &self.quota {
+            if q.events_per_second == 0 || q.bytes_per_second == 0 || !(1..=3600).contains(&q.burst_seconds) {
+                errs.push(FieldError::new(
+                    "quota",
+                    "out_of_range",
+                    "eventsPerSecond and bytesPerSecond must be positive, burstSeconds 1..=3600",
+                ));
+            }
         }
         if !(1..=MAX_BATCH_SIZE).contains(&self.batch_size) {
             errs.push(FieldError::new("batchSize", "out_of_range", format!("batchSize must be 1..={MAX_BATCH_SIZE}")));

@@ -5,12 +5,15 @@ use crate::state::{ApiConfig, AppState};
 use metrics_exporter_prometheus::PrometheusHandle;
 use producer::config_log::{ConfigLog, ConfigLogConfig, ConfigRecord, Verdict};
 use producer::dead_letter::DeadLetters;
+use producer::idempotency::{Idempotency, IdempotencyConfig};
+use producer::quota::Quotas;
 use producer::sinks::kafka::KafkaSinkConfig;
 use producer::sinks::redis_stream::{self, RedisStreamSinkConfig};
 use producer::tenant_stats::TenantStats;
 use producer::topics::{TopicSpec, Topics};
-use producer::{Pipeline, PipelineConfig};
+use producer::{Parts, Pipeline, PipelineConfig};
 use rand::RngCore;
+use schemas::config::Quota;
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -23,6 +26,10 @@ pub struct Settings {
     pub config_topic: String,
     pub deadletter_topic: String,
     pub api: ApiConfig,
+    /// How long a seen event id / Idempotency-Key is remembered.
+    pub idempotency_window: Duration,
+    /// Quota of tenants whose stream config sets none.
+    pub default_quota: Quota,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +100,15 @@ pub async fn start(s: &Settings, prometheus: Option<PrometheusHandle>) -> Result
         partitions: s.api.partitions,
         replication: s.api.replication,
     };
-    let pipeline = Pipeline::new(pcfg, kafka, redis, configs, stats, dead, topics.clone());
+    let idempotency = Idempotency::new(
+        redis.connection(),
+        IdempotencyConfig {
+            window: s.idempotency_window,
+            pending_lease: Duration::from_millis(s.kafka.delivery_timeout_ms * 2 + 1000),
+        },
+    );
+    let quotas = Quotas::new(redis.connection(), s.default_quota.clone());
+    let pipeline =
+        Pipeline::new(pcfg, Parts { kafka, redis, configs, stats, dead, topics: topics.clone(), idempotency, quotas });
     Ok(Started { state: AppState::new(pipeline, s.api.clone(), prometheus, topics), generated_admin_key })
 }

@@ -138,6 +138,26 @@ impl From<IngestError> for ApiError {
                 )
                 .with_errors(vec![f])
             }
+            IngestError::QuotaExceeded { retry_after, reason, .. } => {
+                let mut e = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    reason,
+                    "Quota exceeded",
+                    "the tenant is over its ingest quota; retry after the time in Retry-After",
+                );
+                e.retry_after_secs = Some(retry_after.as_secs_f64().ceil().max(1.0) as u64);
+                e
+            }
+            IngestError::InFlight => {
+                let mut e = ApiError::new(
+                    StatusCode::CONFLICT,
+                    "duplicate_in_flight",
+                    "Duplicate in flight",
+                    "an event with the same id is still being written; retry shortly",
+                );
+                e.retry_after_secs = Some(1);
+                e
+            }
             IngestError::Unavailable(_) => ApiError::unavailable(
                 "broker_unavailable",
                 "the broker did not acknowledge the event in time; nothing was stored, retry later",

@@ -11,7 +11,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use producer::sinks::redis_stream::ReadFilter;
-use producer::{Outcome, Scope};
+use producer::{Outcome, RequestContext, Scope};
 use schemas::{cloudevents, EventType, FieldError};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -54,6 +54,21 @@ fn document(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiError> {
     }
 }
 
+/// `Idempotency-Key`: 1-128 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => v.to_str().ok().filter(|s| schemas::EventId::new(*s).is_ok()).map(Some).ok_or_else(|| {
+            ApiError::bad_request("invalid_header", "Idempotency-Key must be 1-128 visible ASCII characters")
+                .with_errors(vec![FieldError::new(
+                    "Idempotency-Key",
+                    "invalid_value",
+                    "1-128 visible ASCII characters",
+                )])
+        }),
+    }
+}
+
 fn outcome_json(o: &Outcome) -> Value {
     match o {
         Outcome::Accepted(a) => {
@@ -78,7 +93,15 @@ pub async fn publish(
     let received_at = OffsetDateTime::now_utc();
     let bytes = body::read(body, state.cfg.max_body_bytes, Duration::from_millis(state.cfg.body_timeout_ms)).await?;
     let doc = document(&headers, &bytes)?;
-    let outcome = state.pipeline.ingest(&doc, &auth.scope(), started, received_at, correlation(&headers)).await?;
+    let scope = auth.scope();
+    let ctx = RequestContext {
+        scope: &scope,
+        started,
+        received_at,
+        correlation: correlation(&headers),
+        idempotency_key: idempotency_key(&headers)?,
+    };
+    let outcome = state.pipeline.ingest(&doc, &ctx).await?;
     let status = match outcome {
         Outcome::Accepted(_) => StatusCode::ACCEPTED,
         Outcome::Filtered { .. } => StatusCode::OK,
@@ -151,16 +174,26 @@ pub async fn bulk(
         return Err(ApiError::invalid(vec![FieldError::new("events", "empty", "send at least one event")]));
     }
     let scope = auth.scope();
-    let corr = correlation(&headers);
-    let results = futures::future::join_all(items.iter().map(|item| async {
-        match item {
-            Ok(v) => state.pipeline.ingest(v, &scope, started, received_at, corr).await.map_err(ApiError::from),
+    let ctx = RequestContext {
+        scope: &scope,
+        started,
+        received_at,
+        correlation: correlation(&headers),
+        idempotency_key: None,
+    };
+    // Lines that were not JSON are rejected in place; the rest go through the pipeline together.
+    let parsed: Vec<Value> = items.iter().filter_map(|i| i.as_ref().ok().cloned()).collect();
+    let mut ingested = state.pipeline.ingest_many(&parsed, &ctx).await.into_iter();
+    let results: Vec<Result<Outcome, ApiError>> = items
+        .iter()
+        .map(|item| match item {
+            Ok(_) => ingested.next().unwrap_or(Err(producer::IngestError::InFlight)).map_err(ApiError::from),
             Err(fe) => Err(ApiError::bad_request("malformed_json", fe.message.clone()).with_errors(vec![fe.clone()])),
-        }
-    }))
-    .await;
+        })
+        .collect();
     let mut accepted = 0usize;
     let mut unavailable = false;
+    let mut throttled: Option<u64> = None;
     let out: Vec<Value> = results
         .iter()
         .enumerate()
@@ -172,6 +205,9 @@ pub async fn bulk(
                 }
                 Err(e) => {
                     unavailable |= e.code == "broker_unavailable";
+                    if e.status == StatusCode::TOO_MANY_REQUESTS {
+                        throttled = throttled.max(e.retry_after_secs);
+                    }
                     let mut v = json!({"status": "rejected", "code": e.code, "detail": e.detail});
                     if !e.errors.is_empty() {
                         v["errors"] = serde_json::to_value(&e.errors).unwrap_or(Value::Null);
@@ -192,6 +228,15 @@ pub async fn bulk(
     if accepted == 0 {
         let mut e = if unavailable {
             ApiError::unavailable("broker_unavailable", "no event was stored; retry later", 2)
+        } else if let Some(secs) = throttled {
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "quota_exceeded",
+                "Quota exceeded",
+                "no event was accepted: over quota; see `results`",
+            );
+            e.retry_after_secs = Some(secs);
+            e
         } else {
             ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,

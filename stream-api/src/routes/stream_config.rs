@@ -87,7 +87,19 @@ pub async fn put_config(
         e
     })?;
     let configs = state.pipeline.configs();
-    let current = configs.stream_config(&t).map_or(0, |c| c.version);
+    let current_cfg = configs.stream_config(&t);
+    let current = current_cfg.as_ref().map_or(0, |c| c.version);
+    // A tenant may not raise its own quota: only the admin key sets it.
+    let current_quota = current_cfg.as_ref().and_then(|c| c.config.quota.clone());
+    if cfg.quota != current_quota && auth.require_admin().is_err() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "admin_required",
+            "Forbidden",
+            "only the admin key may set `quota`",
+        )
+        .with_errors(vec![FieldError::new("quota", "admin_required", "only the admin key may set the quota")]));
+    }
     if let Some(v) = expected {
         if v != current {
             return Err(conflict(current));

@@ -7,6 +7,7 @@ use axum::http::{HeaderMap, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
 use producer::sinks::kafka::KafkaSinkConfig;
+use schemas::config::Quota;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use stream_api::bootstrap::{self, Settings};
@@ -20,6 +21,7 @@ pub struct Opts {
     pub config_topic: String,
     pub delivery_timeout_ms: u64,
     pub api: ApiConfig,
+    pub quota: Quota,
 }
 
 impl Default for Opts {
@@ -29,6 +31,7 @@ impl Default for Opts {
             config_topic: testkit::unique("evstream.config"),
             delivery_timeout_ms: 5_000,
             api: ApiConfig::default(),
+            quota: Quota { events_per_second: 1_000_000, bytes_per_second: 1 << 40, burst_seconds: 2 },
         }
     }
 }
@@ -78,6 +81,8 @@ impl TestApp {
             events_topic: testkit::unique("evstream.events"),
             config_topic: o.config_topic.clone(),
             deadletter_topic: testkit::unique("evstream.deadletter"),
+            idempotency_window: Duration::from_secs(600),
+            default_quota: o.quota,
             api: ApiConfig { partitions: 3, ..o.api },
         };
         let started = bootstrap::start(&settings, prometheus()).await.expect("evstream starts");
