@@ -144,6 +144,8 @@ pub struct Prepared {
 enum Stage {
     Ready(Prepared),
     Done(Result<Outcome, IngestError>),
+    /// The same id as an earlier item of this request: answered with that item's result.
+    SameAs(usize),
 }
 
 #[derive(Clone)]
@@ -235,6 +237,20 @@ impl Pipeline {
             })
             .collect();
 
+        // An id repeated within the request is answered by its first occurrence (claiming it twice would wait on
+        // ourselves).
+        let mut first_of: HashMap<(TenantId, String), usize> = HashMap::new();
+        for idx in 0..stages.len() {
+            if let Stage::Ready(Prepared { event, dedup_key: Some(k), .. }) = &stages[idx] {
+                match first_of.entry((event.tenant_id.clone(), k.clone())) {
+                    std::collections::hash_map::Entry::Occupied(o) => stages[idx] = Stage::SameAs(*o.get()),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(idx);
+                    }
+                }
+            }
+        }
+
         // Claim ids first, so that a retried event neither writes twice nor spends quota twice.
         let claims = futures::future::join_all(stages.iter().map(|s| async move {
             match s {
@@ -242,7 +258,7 @@ impl Pipeline {
                     Some(k) => Some(self.inner.idempotency.claim(&p.event.tenant_id, k).await),
                     None => None,
                 },
-                Stage::Done(_) => None,
+                Stage::Done(_) | Stage::SameAs(_) => None,
             }
         }))
         .await;
@@ -288,11 +304,14 @@ impl Pipeline {
             })
             .collect();
 
+        let same_as: Vec<Option<usize>> =
+            stages.iter().map(|s| if let Stage::SameAs(j) = s { Some(*j) } else { None }).collect();
         let results = futures::future::join_all(stages.into_iter().zip(guards).map(|(stage, guard)| {
             let limited = &limited;
             async move {
                 match stage {
                     Stage::Done(r) => r,
+                    Stage::SameAs(_) => Err(IngestError::InFlight),
                     Stage::Ready(p) => {
                         if let Some((retry_after, reason)) = limited.get(&p.event.tenant_id) {
                             if let Some(g) = guard {
@@ -317,6 +336,22 @@ impl Pipeline {
             }
         }))
         .await;
+        let mut results = results;
+        for idx in 0..results.len() {
+            if let Some(j) = same_as[idx] {
+                results[idx] = match &results[j] {
+                    Ok(Outcome::Accepted(a)) => Ok(Outcome::Accepted(Accepted { duplicate: true, ..a.clone() })),
+                    Ok(Outcome::Filtered { id, reason }) => Ok(Outcome::Filtered { id: id.clone(), reason }),
+                    Err(_) => Err(IngestError::Invalid {
+                        errors: vec![FieldError::new(
+                            "id",
+                            "duplicate_in_request",
+                            "the same id appears earlier in this request, which was rejected",
+                        )],
+                    }),
+                };
+            }
+        }
         for (v, r) in values.iter().zip(&results) {
             if let Err(e) = r {
                 self.count_rejection(v, e);

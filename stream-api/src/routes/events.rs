@@ -73,6 +73,9 @@ fn outcome_json(o: &Outcome) -> Value {
     match o {
         Outcome::Accepted(a) => {
             let mut v = json!({"status": "accepted", "id": a.id, "topic": a.topic, "partition": a.partition, "offset": a.offset});
+            if a.duplicate {
+                v["duplicate"] = json!(true);
+            }
             if !a.also.is_empty() {
                 v["also"] = serde_json::to_value(&a.also).unwrap_or(Value::Null);
             }

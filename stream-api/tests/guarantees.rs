@@ -1,0 +1,150 @@
+//! Ingest guarantees: idempotent retries (also across instances and inside one bulk request) and per-tenant
+//! quotas shared by every instance.
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use common::{event, Opts, TestApp, ADMIN};
+use serde_json::json;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A retry with the same event id returns the first placement, marked duplicate, and Kafka holds one record.
+#[tokio::test]
+async fn a_retry_with_the_same_id_writes_nothing() {
+    let app = TestApp::start().await;
+    let (tenant, key) = app.tenant().await;
+    let mut e = event(&tenant);
+    e["id"] = json!(testkit::unique("evt"));
+    let first = app.post("/events", &key, &e).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED);
+    let again = app.post("/events", &key, &e).await;
+    assert_eq!(again.status, StatusCode::ACCEPTED);
+    assert_eq!(again.body["duplicate"], true);
+    for f in ["id", "topic", "partition", "offset"] {
+        assert_eq!(again.body[f], first.body[f], "{f}");
+    }
+    // Concurrent retries too.
+    let replies = futures::future::join_all((0..8).map(|_| app.post("/events", &key, &e))).await;
+    assert!(replies.iter().all(|r| r.status == StatusCode::ACCEPTED && r.body["offset"] == first.body["offset"]));
+    let recs = app.records_for(&app.events_topic, &tenant, 2, Duration::from_secs(4)).await;
+    assert_eq!(recs.len(), 1, "exactly one record for one id");
+}
+
+/// `Idempotency-Key` de-duplicates events that carry no id of their own.
+#[tokio::test]
+async fn idempotency_key_header() {
+    let app = TestApp::start().await;
+    let (tenant, key) = app.tenant().await;
+    let send = |k: &str| {
+        Request::builder()
+            .method("POST")
+            .uri("/events")
+            .header("authorization", format!("Bearer {key}"))
+            .header("content-type", "application/json")
+            .header("idempotency-key", k)
+            .body(Body::from(event(&tenant).to_string()))
+            .expect("request")
+    };
+    let a = app.send(send("order-1")).await;
+    let b = app.send(send("order-1")).await;
+    let c = app.send(send("order-2")).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED);
+    assert_eq!(b.body["id"], a.body["id"]);
+    assert_eq!(b.body["duplicate"], true);
+    assert_ne!(c.body["id"], a.body["id"]);
+    assert_eq!(app.records_for(&app.events_topic, &tenant, 3, Duration::from_secs(4)).await.len(), 2);
+}
+
+/// A retry sent to another instance is still recognised (the state is in Redis, not in process memory).
+#[tokio::test]
+async fn a_retry_on_another_instance_writes_nothing() {
+    let first = TestApp::start().await;
+    let (tenant, key) = first.tenant().await;
+    let second = TestApp::start_with(Opts { config_topic: first.config_topic.clone(), ..Opts::default() }).await;
+    let mut e = event(&tenant);
+    e["id"] = json!(testkit::unique("evt"));
+    let a = first.post("/events", &key, &e).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED);
+    let mut b = second.post("/events", &key, &e).await;
+    for _ in 0..50 {
+        if b.status != StatusCode::UNAUTHORIZED {
+            break;
+        }
+        // The second instance may still be replaying the key.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        b = second.post("/events", &key, &e).await;
+    }
+    assert_eq!(b.status, StatusCode::ACCEPTED, "{:?}", b.body);
+    assert_eq!(b.body["duplicate"], true);
+    assert_eq!(b.body["offset"], a.body["offset"]);
+}
+
+/// An id repeated inside one bulk request is written once.
+#[tokio::test]
+async fn an_id_repeated_in_one_bulk_is_written_once() {
+    let app = TestApp::start().await;
+    let (tenant, key) = app.tenant().await;
+    let mut e = event(&tenant);
+    e["id"] = json!(testkit::unique("evt"));
+    let r = app.post("/events/bulk", &key, &json!({"events": [e, e, event(&tenant)]})).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+    assert_eq!(r.body["results"][1]["duplicate"], true);
+    assert_eq!(r.body["results"][1]["offset"], r.body["results"][0]["offset"]);
+    assert_eq!(app.records_for(&app.events_topic, &tenant, 3, Duration::from_secs(4)).await.len(), 2);
+}
+
+/// Over its quota a tenant gets 429 with Retry-After, nothing is written, and the rejection is counted; a
+/// tenant key cannot change its own quota.
+#[tokio::test]
+async fn quota_limits_a_tenant() {
+    let app = TestApp::start().await;
+    let (tenant, key) = app.tenant().await;
+    let path = format!("/stream-config/{tenant}");
+    let quota = json!({"quota": {"eventsPerSecond": 1, "bytesPerSecond": 1_000_000, "burstSeconds": 5}});
+    let r = app.put(&path, &key, &quota, None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.body["errors"][0]["field"], "quota");
+    assert_eq!(app.put(&path, ADMIN, &quota, None).await.status, StatusCode::OK);
+
+    for _ in 0..5 {
+        assert_eq!(app.post("/events", &key, &event(&tenant)).await.status, StatusCode::ACCEPTED);
+    }
+    let r = app.post("/events", &key, &event(&tenant)).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{:?}", r.body);
+    assert_eq!(r.body["code"], "quota_exceeded");
+    assert!(r.headers["retry-after"].to_str().expect("ascii").parse::<u64>().expect("seconds") >= 1);
+    // A bulk larger than the whole burst can never pass and says so.
+    let r = app.post("/events/bulk", &key, &json!({"events": vec![event(&tenant); 6]})).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.body["results"][0]["code"], "quota_request_too_large");
+
+    assert_eq!(app.records_for(&app.events_topic, &tenant, 6, Duration::from_secs(4)).await.len(), 5);
+    let m = app.get(&format!("/metrics/{tenant}"), &key).await;
+    assert_eq!(m.body["rejectedByReason"]["quota_exceeded"], 1, "{:?}", m.body);
+    // The tenant may still PUT its config as long as it leaves the quota alone.
+    let mut same = quota.clone();
+    same["retentionDays"] = json!(3);
+    assert_eq!(app.put(&path, &key, &same, None).await.status, StatusCode::OK);
+}
+
+/// Two instances draw from the same bucket.
+#[tokio::test]
+async fn quota_is_shared_by_instances() {
+    let first = TestApp::start().await;
+    let (tenant, key) = first.tenant().await;
+    let quota = json!({"quota": {"eventsPerSecond": 1, "bytesPerSecond": 1_000_000, "burstSeconds": 4}});
+    assert_eq!(first.put(&format!("/stream-config/{tenant}"), ADMIN, &quota, None).await.status, StatusCode::OK);
+    let second = TestApp::start_with(Opts { config_topic: first.config_topic.clone(), ..Opts::default() }).await;
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let app = if i % 2 == 0 { &first } else { &second };
+        statuses.push(app.post("/events", &key, &event(&tenant)).await.status);
+    }
+    let accepted = statuses.iter().filter(|s| **s == StatusCode::ACCEPTED).count();
+    let limited = statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count();
+    assert_eq!((accepted, limited), (4, 2), "{statuses:?}");
+    let _ = WAIT;
+}
