@@ -134,16 +134,25 @@ async fn raw_producer(a: &BenchArgs, topic: &str, tenant: &str) -> anyhow::Resul
 }
 
 async fn bulk(a: &BenchArgs, http: &reqwest::Client, base: &str, key: &str, tenant: &str) -> anyhow::Result<Figures> {
-    let bodies: Vec<Value> = (0..a.events)
+    let bodies: Vec<Vec<u8>> = (0..a.events)
         .collect::<Vec<_>>()
         .chunks(a.bulk_size)
-        .map(|c| json!({"events": c.iter().map(|i| event(tenant, *i)).collect::<Vec<_>>()}))
+        .map(|c| {
+            serde_json::to_vec(&json!({"events": c.iter().map(|i| event(tenant, *i)).collect::<Vec<_>>()}))
+                .unwrap_or_default()
+        })
         .collect();
     let started = Instant::now();
     let mut latencies = Vec::new();
     let mut pending = futures::stream::iter(bodies.iter().map(|b| async move {
         let t = Instant::now();
-        let r = http.post(format!("{base}/events/bulk")).bearer_auth(key).json(b).send().await;
+        let r = http
+            .post(format!("{base}/events/bulk"))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(b.clone())
+            .send()
+            .await;
         (r.map(|r| r.status().as_u16()).unwrap_or(0), t.elapsed())
     }))
     .buffer_unordered(a.bulk_concurrency);

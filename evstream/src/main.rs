@@ -8,6 +8,10 @@ mod platform;
 
 use clap::Parser;
 
+// glibc malloc dominated the ingest profile (many small JSON allocations across threads).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = cli::Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("EVSTREAM_LOG")

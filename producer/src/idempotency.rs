@@ -140,7 +140,7 @@ impl Idempotency {
 }
 
 impl StoredResult {
-    pub fn into_accepted(self, tenant: TenantId) -> Option<Accepted> {
+    pub fn into_accepted(self, tenant: TenantId, event_type: schemas::EventType) -> Option<Accepted> {
         Some(Accepted {
             id: EventId::new(self.id).ok()?,
             tenant,
@@ -153,6 +153,8 @@ impl StoredResult {
                 .map(|(topic, partition, offset)| crate::pipeline::Placement { topic, partition, offset })
                 .collect(),
             duplicate: true,
+            event_type,
+            source_label: "",
         })
     }
 }

@@ -19,8 +19,8 @@ use crate::tenant_stats::TenantStats;
 use crate::topics::{TopicSpec, Topics};
 use schemas::catalog::source_label;
 use schemas::config::{DestinationKind, FilterOutcome};
-use schemas::event::{parse_event, peek_tenant};
-use schemas::{Catalog, Event, EventId, FieldError, StreamConfig, TenantId};
+use schemas::event::{parse_owned, peek_tenant};
+use schemas::{Catalog, Event, EventId, EventType, FieldError, SourceName, StreamConfig, TenantId};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -80,6 +80,11 @@ pub struct Accepted {
     /// True when this is the stored result of an earlier request with the same id: nothing was written.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub duplicate: bool,
+    #[serde(skip)]
+    pub event_type: EventType,
+    /// The metric label of the source (bounded set).
+    #[serde(skip)]
+    pub source_label: &'static str,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -142,7 +147,7 @@ pub struct Prepared {
 }
 
 enum Stage {
-    Ready(Prepared),
+    Ready(Box<Prepared>),
     Done(Result<Outcome, IngestError>),
     /// The same id as an earlier item of this request: answered with that item's result.
     SameAs(usize),
@@ -221,33 +226,42 @@ impl Pipeline {
     }
 
     /// One event: the whole pipeline.
-    pub async fn ingest(&self, v: &Value, ctx: &RequestContext<'_>) -> Result<Outcome, IngestError> {
-        let mut out = self.ingest_many(std::slice::from_ref(v), ctx).await;
+    pub async fn ingest(&self, v: Value, ctx: &RequestContext<'_>) -> Result<Outcome, IngestError> {
+        let mut out = self.ingest_many(vec![v], ctx).await;
         out.pop().unwrap_or(Err(IngestError::InFlight))
     }
 
     /// Many events (a bulk request): results in input order. Quotas are taken once per tenant for the request.
-    pub async fn ingest_many(&self, values: &[Value], ctx: &RequestContext<'_>) -> Vec<Result<Outcome, IngestError>> {
+    pub async fn ingest_many(&self, values: Vec<Value>, ctx: &RequestContext<'_>) -> Vec<Result<Outcome, IngestError>> {
         let single = values.len() == 1;
+        // The tenant each item names, for counting rejections that happen after the document was consumed.
+        let tenants: Vec<Option<TenantId>> = values.iter().map(peek_tenant).collect();
         let mut stages: Vec<Stage> = values
-            .iter()
+            .into_iter()
             .map(|v| match self.prepare(v, ctx, single) {
-                Ok(p) => Stage::Ready(p),
-                Err(e) => Stage::Done(Err(e)),
+                Ok(p) => Stage::Ready(Box::new(p)),
+                Err(rejected) => {
+                    let (e, original) = *rejected;
+                    self.count_rejection(peek_tenant(&original), &e, Some(&original));
+                    Stage::Done(Err(e))
+                }
             })
             .collect();
+        let rejected_early: Vec<bool> = stages.iter().map(|s| matches!(s, Stage::Done(Err(_)))).collect();
 
         // An id repeated within the request is answered by its first occurrence (claiming it twice would wait on
         // ourselves).
         let mut first_of: HashMap<(TenantId, String), usize> = HashMap::new();
-        for idx in 0..stages.len() {
-            if let Stage::Ready(Prepared { event, dedup_key: Some(k), .. }) = &stages[idx] {
-                match first_of.entry((event.tenant_id.clone(), k.clone())) {
-                    std::collections::hash_map::Entry::Occupied(o) => stages[idx] = Stage::SameAs(*o.get()),
-                    std::collections::hash_map::Entry::Vacant(v) => {
-                        v.insert(idx);
-                    }
-                }
+        for (idx, stage) in stages.iter_mut().enumerate() {
+            let first = match &*stage {
+                Stage::Ready(p) => match &p.dedup_key {
+                    Some(k) => *first_of.entry((p.event.tenant_id.clone(), k.clone())).or_insert(idx),
+                    None => idx,
+                },
+                _ => idx,
+            };
+            if first != idx {
+                *stage = Stage::SameAs(first);
             }
         }
 
@@ -269,8 +283,11 @@ impl Pipeline {
                 Some(Claim::Duplicate(r)) => {
                     if let Stage::Ready(p) = stage {
                         let tenant = p.event.tenant_id.clone();
-                        *stage =
-                            Stage::Done(r.into_accepted(tenant).map(Outcome::Accepted).ok_or(IngestError::InFlight));
+                        *stage = Stage::Done(
+                            r.into_accepted(tenant, p.event.event_type)
+                                .map(Outcome::Accepted)
+                                .ok_or(IngestError::InFlight),
+                        );
                     }
                     None
                 }
@@ -286,7 +303,10 @@ impl Pipeline {
         // Quotas: one check per tenant for all of its events in this request.
         let mut per_tenant: HashMap<TenantId, (Arc<StreamConfig>, u64, u64)> = HashMap::new();
         for s in &stages {
-            if let Stage::Ready(p @ Prepared { filtered: None, .. }) = s {
+            if let Stage::Ready(p) = s {
+                if p.filtered.is_some() {
+                    continue;
+                }
                 let e = per_tenant.entry(p.event.tenant_id.clone()).or_insert_with(|| (p.cfg.clone(), 0, 0));
                 e.1 += 1;
                 e.2 += p.json.len() as u64;
@@ -323,7 +343,7 @@ impl Pipeline {
                                 reason,
                             });
                         }
-                        let r = self.commit(&p, ctx.started).await;
+                        let r = self.commit(&p).await;
                         if let Some(g) = guard {
                             match &r {
                                 Ok(Outcome::Accepted(a)) => self.inner.idempotency.complete(g, a).await,
@@ -352,34 +372,45 @@ impl Pipeline {
                 };
             }
         }
-        for (v, r) in values.iter().zip(&results) {
-            if let Err(e) = r {
-                self.count_rejection(v, e);
+        for ((r, tenant), early) in results.iter().zip(tenants).zip(rejected_early) {
+            if let (Err(e), false) = (r, early) {
+                self.count_rejection(tenant, e, None);
             }
         }
+        self.count_accepted(&results, ctx.started.elapsed());
         results
     }
 
     /// validate -> authorise -> tenant config -> enrich -> filter -> serialise. Filtered events end here.
-    fn prepare(&self, v: &Value, ctx: &RequestContext<'_>, single: bool) -> Result<Prepared, IngestError> {
+    fn prepare(&self, v: Value, ctx: &RequestContext<'_>, single: bool) -> Result<Prepared, Box<(IngestError, Value)>> {
         let i = &self.inner;
-        // Authorise on the tenant before reporting anything else about the document.
-        if let (Scope::Tenant(own), Some(t)) = (ctx.scope, peek_tenant(v)) {
-            if *own != t {
-                return Err(IngestError::Forbidden { tenant: t });
+        // Tenant-level checks first, on the document as sent: who may write, whether the tenant exists and is
+        // enabled, whether it may use this source. Field-level problems are reported by the parser below.
+        let cfg = match peek_tenant(&v) {
+            Some(t) => {
+                if let Scope::Tenant(own) = ctx.scope {
+                    if *own != t {
+                        return Err(Box::new((IngestError::Forbidden { tenant: t }, v)));
+                    }
+                }
+                let Some(vc) = i.configs.stream_config(&t) else {
+                    return Err(Box::new((IngestError::UnknownTenant { tenant: t }, v)));
+                };
+                if !vc.config.enabled {
+                    return Err(Box::new((IngestError::TenantDisabled { tenant: t }, v)));
+                }
+                if let Some(src) = v.get("source").and_then(Value::as_str).and_then(|s| SourceName::new(s).ok()) {
+                    if !vc.config.source_allowed(&src) {
+                        return Err(Box::new((IngestError::SourceNotAllowed { source_name: src.to_string() }, v)));
+                    }
+                }
+                Some(vc.config)
             }
-        }
-        let draft = parse_event(v, &i.catalog).map_err(|errors| IngestError::Invalid { errors })?;
-        let Some(vc) = i.configs.stream_config(&draft.tenant_id) else {
-            return Err(IngestError::UnknownTenant { tenant: draft.tenant_id });
+            None => None,
         };
-        let cfg = vc.config;
-        if !cfg.enabled {
-            return Err(IngestError::TenantDisabled { tenant: draft.tenant_id });
-        }
-        if !cfg.source_allowed(&draft.source) {
-            return Err(IngestError::SourceNotAllowed { source_name: draft.source.to_string() });
-        }
+        let draft = parse_owned(v, &i.catalog).map_err(|(errors, v)| Box::new((IngestError::Invalid { errors }, v)))?;
+        // A valid draft always has a valid tenant, so `cfg` is known here; the fallback is unreachable.
+        let cfg = cfg.unwrap_or_default();
         let client_id = draft.id.as_ref().map(|id| id.to_string());
         let event = enrich(draft, ctx.received_at, ctx.correlation);
         if cfg.filter(&event) == FilterOutcome::NoFilterMatched {
@@ -389,16 +420,15 @@ impl Pipeline {
                 .increment(1);
             return Ok(Prepared { event, cfg, json: Arc::from(&[][..]), dedup_key: None, filtered: Some(reason) });
         }
-        let json: Arc<[u8]> = serde_json::to_vec(&event)
-            .map_err(|e| IngestError::Invalid { errors: vec![FieldError::new("", "unencodable", e.to_string())] })?
-            .into();
+        // Serialising an `Event` cannot fail: every field is a string, number, map or timestamp.
+        let json: Arc<[u8]> = serde_json::to_vec(&event).unwrap_or_default().into();
         let dedup_key =
             client_id.or_else(|| if single { ctx.idempotency_key.map(|k| format!("key:{k}")) } else { None });
         Ok(Prepared { event, cfg, json, dedup_key, filtered: None })
     }
 
     /// Kafka (awaited, every route) -> Redis (queued).
-    async fn commit(&self, p: &Prepared, started: Instant) -> Result<Outcome, IngestError> {
+    async fn commit(&self, p: &Prepared) -> Result<Outcome, IngestError> {
         let i = &self.inner;
         if let Some(reason) = p.filtered {
             return Ok(Outcome::Filtered { id: p.event.id.clone(), reason });
@@ -420,16 +450,16 @@ impl Pipeline {
                     self.reconcile_topics(&topics);
                     return Err(match e {
                         KafkaSinkError::Retriable { .. } => IngestError::Unavailable(e),
-                        KafkaSinkError::Final { .. } => IngestError::Undeliverable(e),
+                        KafkaSinkError::Final { .. } => {
+                            // No sink can take it as it is: keep it, with the reason, on the dead-letter topic.
+                            let original = String::from_utf8_lossy(&p.json);
+                            i.dead.send(e.reason(), Some(event.tenant_id.as_str()), &[], &original);
+                            IngestError::Undeliverable(e)
+                        }
                     });
                 }
             }
         }
-        let elapsed = started.elapsed();
-        let source = source_label(event.source.as_str());
-        metrics::histogram!(m::INGEST_DURATION_SECONDS).record(elapsed.as_secs_f64());
-        metrics::counter!(m::EVENTS_ACCEPTED_TOTAL, "tenant" => event.tenant_id.to_string(), "event_type" => event.event_type.as_str(), "source" => source).increment(1);
-        i.stats.accepted(&event.tenant_id, event.event_type.as_str(), source, elapsed);
         if cfg.destination_enabled(DestinationKind::Redis) {
             i.redis.enqueue(StreamEntry {
                 tenant: event.tenant_id.clone(),
@@ -450,6 +480,8 @@ impl Pipeline {
             offset: first.offset,
             also: placements,
             duplicate: false,
+            event_type: event.event_type,
+            source_label: source_label(event.source.as_str()),
         }))
     }
 
@@ -481,28 +513,47 @@ impl Pipeline {
     }
 
     /// Counts a rejection against the tenant (when registered) and dead-letters what was rejected after parsing.
-    fn count_rejection(&self, v: &Value, e: &IngestError) {
+    /// Counts accepted events once per request and (tenant, type, source), not once per event.
+    fn count_accepted(&self, results: &[Result<Outcome, IngestError>], elapsed: Duration) {
+        let mut counts: HashMap<(&TenantId, EventType, &'static str), u64> = HashMap::new();
+        for r in results {
+            if let Ok(Outcome::Accepted(a)) = r {
+                if !a.duplicate {
+                    *counts.entry((&a.tenant, a.event_type, a.source_label)).or_default() += 1;
+                }
+            }
+        }
+        for ((tenant, t, source), n) in counts {
+            metrics::histogram!(m::INGEST_DURATION_SECONDS).record_many(elapsed.as_secs_f64(), n as usize);
+            metrics::counter!(m::EVENTS_ACCEPTED_TOTAL, "tenant" => tenant.to_string(), "event_type" => t.as_str(), "source" => source).increment(n);
+            self.inner.stats.accepted(tenant, t.as_str(), source, elapsed, n);
+        }
+    }
+
+    /// Counts a rejection against the tenant (when registered) and dead-letters what was rejected after parsing
+    /// (`original`: the document as received, when the rejection happened before it was consumed).
+    fn count_rejection(&self, tenant: Option<TenantId>, e: &IngestError, original: Option<&Value>) {
         let i = &self.inner;
         let reason = e.code();
-        let tenant = peek_tenant(v).filter(|t| i.configs.tenant(t).is_some());
+        let tenant = tenant.filter(|t| i.configs.tenant(t).is_some());
         let label = tenant.as_ref().map_or_else(|| "unknown".to_string(), ToString::to_string);
         metrics::counter!(m::EVENTS_REJECTED_TOTAL, "tenant" => label, "reason" => reason).increment(1);
         if let Some(t) = &tenant {
             i.stats.rejected(t, reason);
         }
         let dead_letter = match e {
-            IngestError::Invalid { .. }
-            | IngestError::TenantDisabled { .. }
-            | IngestError::SourceNotAllowed { .. }
-            | IngestError::Undeliverable(_) => tenant.is_some(),
+            IngestError::Invalid { .. } | IngestError::TenantDisabled { .. } | IngestError::SourceNotAllowed { .. } => {
+                tenant.is_some()
+            }
             // Nothing to record: not the caller's tenant, no such tenant, or the client is told to retry.
             IngestError::Forbidden { .. }
             | IngestError::UnknownTenant { .. }
             | IngestError::Unavailable(_)
+            | IngestError::Undeliverable(_)
             | IngestError::QuotaExceeded { .. }
             | IngestError::InFlight => false,
         };
-        if dead_letter {
+        if let (true, Some(v)) = (dead_letter, original) {
             let errors = match e {
                 IngestError::Invalid { errors } => errors.as_slice(),
                 _ => &[],

@@ -18,9 +18,61 @@ const BUCKET_TTL_SECS: i64 = 600;
 const LATENCY_BOUNDS_MS: &[f64] =
     &[0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, f64::INFINITY];
 
+/// Counts of one tenant since the last flush. Keys are static strings (event types, source labels, reason codes),
+/// so counting allocates nothing once a tenant has been seen.
 #[derive(Default)]
 struct Acc {
-    fields: HashMap<String, i64>,
+    accepted: i64,
+    rejected: HashMap<&'static str, i64>,
+    filtered: HashMap<&'static str, i64>,
+    types: HashMap<&'static str, i64>,
+    sources: HashMap<&'static str, i64>,
+    latency: [i64; LATENCY_BOUNDS_MS.len()],
+}
+
+impl Acc {
+    fn merge(&mut self, o: Acc) {
+        self.accepted += o.accepted;
+        for (dst, src) in [
+            (&mut self.rejected, o.rejected),
+            (&mut self.filtered, o.filtered),
+            (&mut self.types, o.types),
+            (&mut self.sources, o.sources),
+        ] {
+            for (k, n) in src {
+                *dst.entry(k).or_default() += n;
+            }
+        }
+        for (d, s) in self.latency.iter_mut().zip(o.latency) {
+            *d += s;
+        }
+    }
+
+    /// (field, count) pairs as stored in Redis, and whether the field also goes into the running total.
+    fn fields(&self) -> Vec<(String, i64, bool)> {
+        let mut out = Vec::new();
+        let rejected: i64 = self.rejected.values().sum();
+        let filtered: i64 = self.filtered.values().sum();
+        for (f, n) in [("accepted", self.accepted), ("rejected", rejected), ("filtered", filtered)] {
+            if n > 0 {
+                out.push((f.to_string(), n, true));
+            }
+        }
+        for (prefix, m) in [
+            ("rejected:", &self.rejected),
+            ("filtered:", &self.filtered),
+            ("type:", &self.types),
+            ("source:", &self.sources),
+        ] {
+            for (k, n) in m {
+                out.push((format!("{prefix}{k}"), *n, true));
+            }
+        }
+        for (i, n) in self.latency.iter().enumerate().filter(|(_, n)| **n > 0) {
+            out.push((format!("lat:{i}"), *n, false));
+        }
+        out
+    }
 }
 
 #[derive(Clone)]
@@ -77,28 +129,34 @@ impl TenantStats {
         s
     }
 
-    fn bump(&self, t: &TenantId, fields: &[(&str, i64)]) {
+    fn with(&self, t: &TenantId, f: impl FnOnce(&mut Acc)) {
         if let Ok(mut p) = self.pending.lock() {
-            let acc = p.entry(t.clone()).or_default();
-            for (f, n) in fields {
-                *acc.fields.entry((*f).to_string()).or_default() += n;
+            match p.get_mut(t) {
+                Some(acc) => f(acc),
+                None => f(p.entry(t.clone()).or_default()),
             }
         }
     }
 
-    pub fn accepted(&self, t: &TenantId, event_type: &str, source: &str, latency: Duration) {
+    /// `n` events of one type and source, accepted after `latency`.
+    pub fn accepted(&self, t: &TenantId, event_type: &'static str, source: &'static str, latency: Duration, n: u64) {
         let ms = latency.as_secs_f64() * 1000.0;
         let b = LATENCY_BOUNDS_MS.iter().position(|x| ms <= *x).unwrap_or(LATENCY_BOUNDS_MS.len() - 1);
-        let (ty, src, lat) = (format!("type:{event_type}"), format!("source:{source}"), format!("lat:{b}"));
-        self.bump(t, &[("accepted", 1), (&ty, 1), (&src, 1), (&lat, 1)]);
+        let n = n as i64;
+        self.with(t, |a| {
+            a.accepted += n;
+            *a.types.entry(event_type).or_default() += n;
+            *a.sources.entry(source).or_default() += n;
+            a.latency[b] += n;
+        });
     }
 
-    pub fn rejected(&self, t: &TenantId, reason: &str) {
-        self.bump(t, &[("rejected", 1), (&format!("rejected:{reason}"), 1)]);
+    pub fn rejected(&self, t: &TenantId, reason: &'static str) {
+        self.with(t, |a| *a.rejected.entry(reason).or_default() += 1);
     }
 
-    pub fn filtered(&self, t: &TenantId, reason: &str) {
-        self.bump(t, &[("filtered", 1), (&format!("filtered:{reason}"), 1)]);
+    pub fn filtered(&self, t: &TenantId, reason: &'static str) {
+        self.with(t, |a| *a.filtered.entry(reason).or_default() += 1);
     }
 
     /// Writes what was counted since the last flush. On failure the counts are kept for the next try.
@@ -112,10 +170,10 @@ impl TenantStats {
         for (t, acc) in &batch {
             let bk = key(t, &bucket);
             let tk = key(t, "total");
-            for (f, n) in &acc.fields {
-                pipe.cmd("HINCRBY").arg(&bk).arg(f).arg(n).ignore();
-                if !f.starts_with("lat:") {
-                    pipe.cmd("HINCRBY").arg(&tk).arg(f).arg(n).ignore();
+            for (f, n, total) in acc.fields() {
+                pipe.cmd("HINCRBY").arg(&bk).arg(&f).arg(n).ignore();
+                if total {
+                    pipe.cmd("HINCRBY").arg(&tk).arg(&f).arg(n).ignore();
                 }
             }
             pipe.cmd("EXPIRE").arg(&bk).arg(BUCKET_TTL_SECS).ignore();
@@ -125,10 +183,7 @@ impl TenantStats {
             tracing::debug!(error = %e, "tenant stats flush failed; keeping counts");
             if let Ok(mut p) = self.pending.lock() {
                 for (t, acc) in batch {
-                    let cur = p.entry(t).or_default();
-                    for (f, n) in acc.fields {
-                        *cur.fields.entry(f).or_default() += n;
-                    }
+                    p.entry(t).or_default().merge(acc);
                 }
             }
         }

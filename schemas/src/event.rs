@@ -78,6 +78,33 @@ pub fn peek_tenant(v: &Value) -> Option<TenantId> {
 
 /// Checks an untrusted JSON value field by field. Every problem found is returned, each naming its field.
 pub fn parse_event(v: &Value, catalog: &Catalog) -> Result<EventDraft, Vec<FieldError>> {
+    parse_owned(v.clone(), catalog).map_err(|(e, _)| e)
+}
+
+/// Like [`parse_event`], but takes the document by value so that `data` and `metadata` move into the draft
+/// instead of being copied; on failure the document is handed back (for the dead-letter record).
+pub fn parse_owned(v: Value, catalog: &Catalog) -> Result<EventDraft, (Vec<FieldError>, Value)> {
+    match check(&v, catalog) {
+        Err(e) => Err((e, v)),
+        Ok(mut d) => {
+            if let Value::Object(mut obj) = v {
+                d.data = take_object(obj.remove("data"));
+                d.metadata = take_object(obj.remove("metadata"));
+            }
+            Ok(d)
+        }
+    }
+}
+
+fn take_object(v: Option<Value>) -> Map<String, Value> {
+    match v {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    }
+}
+
+/// Checks every field; the draft it returns has empty `data` and `metadata` (the caller moves them in).
+fn check(v: &Value, catalog: &Catalog) -> Result<EventDraft, Vec<FieldError>> {
     let Some(obj) = v.as_object() else {
         return Err(vec![FieldError::new("", "wrong_type", "an event must be a JSON object")]);
     };
@@ -218,11 +245,10 @@ fn short_str(obj: &Map<String, Value>, f: &str, errs: &mut Vec<FieldError>) -> O
     Some(s.to_string())
 }
 
-/// `Some(map)` when absent (empty) or an object; `None` after recording a type error.
+/// `Some(empty map)` when absent or an object (moved in later by `parse_owned`); `None` after a type error.
 fn opt_object(obj: &Map<String, Value>, f: &str, errs: &mut Vec<FieldError>) -> Option<Map<String, Value>> {
     match obj.get(f) {
-        None | Some(Value::Null) => Some(Map::new()),
-        Some(Value::Object(m)) => Some(m.clone()),
+        None | Some(Value::Null) | Some(Value::Object(_)) => Some(Map::new()),
         Some(_) => {
             errs.push(FieldError::wrong_type(f, "a JSON object"));
             None

@@ -8,9 +8,26 @@ use serde_json::{json, Map, Value};
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
-/// A problem document. `code` is stable and machine-readable; `detail` is for people.
+/// A problem document, boxed so that `Result<_, ApiError>` stays small on the happy path.
 #[derive(Debug)]
-pub struct ApiError {
+pub struct ApiError(Box<Problem>);
+
+impl std::ops::Deref for ApiError {
+    type Target = Problem;
+    fn deref(&self) -> &Problem {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ApiError {
+    fn deref_mut(&mut self) -> &mut Problem {
+        &mut self.0
+    }
+}
+
+/// The members of a problem document. `code` is stable and machine-readable; `detail` is for people.
+#[derive(Debug)]
+pub struct Problem {
     pub status: StatusCode,
     pub code: &'static str,
     pub title: &'static str,
@@ -23,7 +40,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
-        Self {
+        Self(Box::new(Problem {
             status,
             code,
             title,
@@ -31,7 +48,7 @@ impl ApiError {
             errors: Vec::new(),
             retry_after_secs: None,
             extra: Map::new(),
-        }
+        }))
     }
 
     pub fn with_errors(mut self, errors: Vec<FieldError>) -> Self {

@@ -104,7 +104,7 @@ pub async fn publish(
         correlation: correlation(&headers),
         idempotency_key: idempotency_key(&headers)?,
     };
-    let outcome = state.pipeline.ingest(&doc, &ctx).await?;
+    let outcome = state.pipeline.ingest(doc, &ctx).await?;
     let status = match outcome {
         Outcome::Accepted(_) => StatusCode::ACCEPTED,
         Outcome::Filtered { .. } => StatusCode::OK,
@@ -185,13 +185,23 @@ pub async fn bulk(
         idempotency_key: None,
     };
     // Lines that were not JSON are rejected in place; the rest go through the pipeline together.
-    let parsed: Vec<Value> = items.iter().filter_map(|i| i.as_ref().ok().cloned()).collect();
-    let mut ingested = state.pipeline.ingest_many(&parsed, &ctx).await.into_iter();
-    let results: Vec<Result<Outcome, ApiError>> = items
-        .iter()
-        .map(|item| match item {
-            Ok(_) => ingested.next().unwrap_or(Err(producer::IngestError::InFlight)).map_err(ApiError::from),
-            Err(fe) => Err(ApiError::bad_request("malformed_json", fe.message.clone()).with_errors(vec![fe.clone()])),
+    let mut parsed = Vec::with_capacity(items.len());
+    let mut slots = Vec::with_capacity(items.len());
+    for item in items {
+        match item {
+            Ok(v) => {
+                parsed.push(v);
+                slots.push(None);
+            }
+            Err(fe) => slots.push(Some(fe)),
+        }
+    }
+    let mut ingested = state.pipeline.ingest_many(parsed, &ctx).await.into_iter();
+    let results: Vec<Result<Outcome, ApiError>> = slots
+        .into_iter()
+        .map(|slot| match slot {
+            None => ingested.next().unwrap_or(Err(producer::IngestError::InFlight)).map_err(ApiError::from),
+            Some(fe) => Err(ApiError::bad_request("malformed_json", fe.message.clone()).with_errors(vec![fe])),
         })
         .collect();
     let mut accepted = 0usize;
@@ -223,10 +233,10 @@ pub async fn bulk(
         })
         .collect();
     let total = out.len();
-    let summary = |o: &mut Map<String, Value>| {
+    let summary = move |o: &mut Map<String, Value>| {
         o.insert("accepted".into(), json!(accepted));
         o.insert("rejected".into(), json!(total - accepted));
-        o.insert("results".into(), Value::Array(out.clone()));
+        o.insert("results".into(), Value::Array(out));
     };
     if accepted == 0 {
         let mut e = if unavailable {
