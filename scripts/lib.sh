@@ -29,6 +29,18 @@ ensure_tansu() {
   echo "$bin"
 }
 
+# Prints the path of the durable tansu build (sqlite storage survives restarts), building it once with cargo
+# (about 18 minutes on 2 cores) into $EVSTREAM_TOOLS/tansu-durable; later calls find it there.
+ensure_tansu_durable() {
+  if [ -n "${EVSTREAM_TANSU_DURABLE_BIN:-}" ] && [ -x "$EVSTREAM_TANSU_DURABLE_BIN" ]; then echo "$EVSTREAM_TANSU_DURABLE_BIN"; return; fi
+  local root="$EVSTREAM_TOOLS/tansu-durable"
+  if [ ! -x "$root/bin/tansu" ]; then
+    log "building the durable tansu broker (cargo install tansu 0.6.0 with sqlite storage, once; ~18 min on 2 cores)"
+    cargo install tansu --version 0.6.0 --locked --features dynostore,libsql --root "$root" --quiet >&2
+  fi
+  echo "$root/bin/tansu"
+}
+
 ensure_redis() {
   if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
     log "installing redis-server (Debian package)"

@@ -32,6 +32,9 @@ pub struct BenchArgs {
     /// Concurrent bulk clients.
     #[arg(long, default_value_t = 4)]
     pub bulk_concurrency: usize,
+    /// Rounds of (a), (b), (c), interleaved; the median round is reported.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     /// Port of the child server (0: a free one).
     #[arg(long, default_value_t = 0)]
     pub port: u16,
@@ -67,6 +70,12 @@ impl Figures {
             self.pct(0.99)
         );
     }
+}
+
+fn median(mut v: Vec<Figures>) -> Figures {
+    v.sort_by(|x, y| x.rate().total_cmp(&y.rate()));
+    let mid = v.len() / 2;
+    v.swap_remove(mid)
 }
 
 fn tag() -> String {
@@ -119,7 +128,8 @@ async fn raw_producer(a: &BenchArgs, topic: &str, tenant: &str) -> anyhow::Resul
                 p.send(FutureRecord::to(topic).key(tenant).payload(pl), Timeout::After(Duration::from_secs(5))).await;
             (r.is_ok(), t.elapsed())
         });
-        if inflight.len() >= 10_000 {
+        // The same number of events in flight as the bulk scenario keeps open, so (b)/(a) compares like with like.
+        if inflight.len() >= a.bulk_size * a.bulk_concurrency {
             if let Some((ok, l)) = inflight.next().await {
                 anyhow::ensure!(ok, "raw produce failed");
                 latencies.push(l);
@@ -244,13 +254,26 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     // Warm both paths so connection set-up is not measured.
     raw_producer(&BenchArgs { events: 500, ..a.clone() }, &raw_topic, &tenant).await?;
     single(&BenchArgs { events: 500, ..a.clone() }, &http, &base, &admin, &tenant).await?;
-    let ra = raw_producer(&a, &raw_topic, &tenant).await?;
-    ra.print();
-    let rb = bulk(&a, &http, &base, &admin, &tenant).await?;
-    rb.print();
-    let rc = single(&a, &http, &base, &admin, &tenant).await?;
-    rc.print();
+    let (mut ras, mut rbs, mut rcs) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=a.rounds.max(1) {
+        println!("round {round}");
+        let ra = raw_producer(&a, &raw_topic, &tenant).await?;
+        ra.print();
+        let rb = bulk(&a, &http, &base, &admin, &tenant).await?;
+        rb.print();
+        let rc = single(&a, &http, &base, &admin, &tenant).await?;
+        rc.print();
+        println!("  ratio (b)/(a) this round: {:.2}", rb.rate() / ra.rate());
+        ras.push(ra);
+        rbs.push(rb);
+        rcs.push(rc);
+    }
     let rss = peak_rss_mb(pid);
+    let (ra, rb, rc) = (median(ras), median(rbs), median(rcs));
+    println!("median of {} rounds (by events/s):", a.rounds.max(1));
+    ra.print();
+    rb.print();
+    rc.print();
     println!(
         "server peak RSS: {:.1} MB (after start-up: {:.1} MB)",
         rss.unwrap_or(f64::NAN),

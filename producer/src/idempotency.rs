@@ -9,7 +9,7 @@
 
 use crate::metric_names as m;
 use crate::pipeline::Accepted;
-use redis::aio::ConnectionManager;
+use crate::redis_conn::RedisConn;
 use schemas::{EventId, TenantId};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
@@ -53,7 +53,7 @@ pub struct ClaimGuard {
 
 #[derive(Clone)]
 pub struct Idempotency {
-    conn: ConnectionManager,
+    redis: RedisConn,
     cfg: IdempotencyConfig,
 }
 
@@ -62,8 +62,8 @@ pub fn key(tenant: &TenantId, id: &str) -> String {
 }
 
 impl Idempotency {
-    pub fn new(conn: ConnectionManager, cfg: IdempotencyConfig) -> Self {
-        Self { conn, cfg }
+    pub fn new(redis: RedisConn, cfg: IdempotencyConfig) -> Self {
+        Self { redis, cfg }
     }
 
     pub fn window(&self) -> Duration {
@@ -72,18 +72,11 @@ impl Idempotency {
 
     pub async fn claim(&self, tenant: &TenantId, id: &str) -> Claim {
         let key = key(tenant, id);
-        let mut conn = self.conn.clone();
         let deadline = Instant::now() + self.cfg.pending_lease;
         loop {
-            let set: Result<Option<String>, _> = redis::cmd("SET")
-                .arg(&key)
-                .arg(PENDING)
-                .arg("NX")
-                .arg("PX")
-                .arg(self.cfg.pending_lease.as_millis() as u64)
-                .arg("GET")
-                .query_async(&mut conn)
-                .await;
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(&key).arg(PENDING).arg("NX").arg("PX").arg(self.cfg.pending_lease.as_millis() as u64).arg("GET");
+            let set: Result<Option<String>, _> = self.redis.query(&cmd).await;
             match set {
                 Err(e) => {
                     tracing::warn!(error = %e, "idempotency store unavailable; ingest goes on without de-duplication");
@@ -119,14 +112,9 @@ impl Idempotency {
             also: a.also.iter().map(|p| (p.topic.clone(), p.partition, p.offset)).collect(),
         };
         let Ok(v) = serde_json::to_string(&r) else { return };
-        let mut conn = self.conn.clone();
-        let res: Result<(), _> = redis::cmd("SET")
-            .arg(&guard.key)
-            .arg(v)
-            .arg("PX")
-            .arg(self.cfg.window.as_millis() as u64)
-            .query_async(&mut conn)
-            .await;
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(&guard.key).arg(v).arg("PX").arg(self.cfg.window.as_millis() as u64);
+        let res: Result<(), _> = self.redis.query(&cmd).await;
         if let Err(e) = res {
             tracing::warn!(error = %e, "idempotency result not stored");
         }
@@ -134,8 +122,7 @@ impl Idempotency {
 
     /// Gives a claim back after a failed produce, so that a retry is not mistaken for a duplicate.
     pub async fn release(&self, guard: ClaimGuard) {
-        let mut conn = self.conn.clone();
-        let _: Result<(), _> = redis::cmd("DEL").arg(&guard.key).query_async(&mut conn).await;
+        let _: Result<(), _> = self.redis.query(&*redis::cmd("DEL").arg(&guard.key)).await;
     }
 }
 

@@ -9,6 +9,8 @@
 //! - [`sinks`]: `kafka` (rdkafka, idempotent, acks=all) and `redis_stream` (pipelined `XADD` per tenant).
 //! - [`dead_letter`]: rejected events and undeliverable ones, with a reason code, on `evstream.deadletter`.
 //! - [`config_log`]: tenants, API keys and stream configs in a compacted topic every instance replays and tails.
+//! - [`redis_conn`]: the shared Redis connection: starts without Redis, reconnects, and stops asking it for a moment
+//!   after a failure (circuit breaker).
 //! - [`tenant_stats`]: per-tenant rates, rejects and latency in Redis, shared by all instances.
 //! - [`topics`]: creating the topics evstream needs.
 //! - [`metric_names`]: every Prometheus metric name, in one place.
@@ -20,6 +22,7 @@ pub mod idempotency;
 pub mod metric_names;
 pub mod pipeline;
 pub mod quota;
+pub mod redis_conn;
 pub mod route;
 pub mod sinks;
 pub mod tenant_stats;

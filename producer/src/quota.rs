@@ -3,7 +3,7 @@
 //! not enforced (counted): Kafka ingest must not depend on Redis.
 
 use crate::metric_names as m;
-use redis::aio::ConnectionManager;
+use crate::redis_conn::RedisConn;
 use schemas::config::Quota;
 use schemas::TenantId;
 use std::time::Duration;
@@ -49,14 +49,14 @@ pub enum QuotaDecision {
 
 #[derive(Clone)]
 pub struct Quotas {
-    conn: ConnectionManager,
+    redis: RedisConn,
     script: redis::Script,
     defaults: Quota,
 }
 
 impl Quotas {
-    pub fn new(conn: ConnectionManager, defaults: Quota) -> Self {
-        Self { conn, script: redis::Script::new(SCRIPT), defaults }
+    pub fn new(redis: RedisConn, defaults: Quota) -> Self {
+        Self { redis, script: redis::Script::new(SCRIPT), defaults }
     }
 
     pub fn defaults(&self) -> &Quota {
@@ -70,20 +70,26 @@ impl Quotas {
         let e_burst = q.events_per_second * q.burst_seconds;
         let b_burst = q.bytes_per_second * q.burst_seconds;
         let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
-        let mut conn = self.conn.clone();
-        let res: Result<(i64, i64), _> = self
-            .script
-            .key(format!("evstream:{tenant}:quota:events"))
-            .key(format!("evstream:{tenant}:quota:bytes"))
-            .arg(now_ms)
-            .arg(q.events_per_second)
-            .arg(e_burst)
-            .arg(events)
-            .arg(q.bytes_per_second)
-            .arg(b_burst)
-            .arg(bytes)
-            .invoke_async(&mut conn)
-            .await;
+        let res: Result<(i64, i64), _> = match self.redis.get() {
+            Err(e) => Err(e),
+            Ok(mut conn) => {
+                let r = self
+                    .script
+                    .key(format!("evstream:{tenant}:quota:events"))
+                    .key(format!("evstream:{tenant}:quota:bytes"))
+                    .arg(now_ms)
+                    .arg(q.events_per_second)
+                    .arg(e_burst)
+                    .arg(events)
+                    .arg(q.bytes_per_second)
+                    .arg(b_burst)
+                    .arg(bytes)
+                    .invoke_async(&mut conn)
+                    .await;
+                self.redis.observe(&r);
+                r
+            }
+        };
         match res {
             Ok((1, _)) => QuotaDecision::Allowed,
             Ok((_, wait_ms)) => {

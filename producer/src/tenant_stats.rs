@@ -5,7 +5,7 @@
 //! bucket (`evstream:{tenant}:stats:{bucket}`, expiring after 10 minutes) plus a running total. Reads sum the
 //! buckets, so the figures cover all instances.
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::RedisConn;
 use schemas::TenantId;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -78,7 +78,7 @@ impl Acc {
 #[derive(Clone)]
 pub struct TenantStats {
     pending: Arc<Mutex<HashMap<TenantId, Acc>>>,
-    conn: ConnectionManager,
+    redis: RedisConn,
 }
 
 #[derive(Debug, Serialize)]
@@ -116,8 +116,8 @@ fn key(t: &TenantId, bucket: &str) -> String {
 
 impl TenantStats {
     /// Starts the once-a-second flusher.
-    pub fn start(conn: ConnectionManager) -> Self {
-        let s = Self { pending: Default::default(), conn };
+    pub fn start(redis: RedisConn) -> Self {
+        let s = Self { pending: Default::default(), redis };
         let f = s.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -178,8 +178,7 @@ impl TenantStats {
             }
             pipe.cmd("EXPIRE").arg(&bk).arg(BUCKET_TTL_SECS).ignore();
         }
-        let mut conn = self.conn.clone();
-        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+        if let Err(e) = self.redis.query::<()>(&pipe).await {
             tracing::debug!(error = %e, "tenant stats flush failed; keeping counts");
             if let Ok(mut p) = self.pending.lock() {
                 for (t, acc) in batch {
@@ -197,8 +196,7 @@ impl TenantStats {
         for b in 0..=n_buckets {
             pipe.cmd("HGETALL").arg(key(t, &(now - b).to_string()));
         }
-        let mut conn = self.conn.clone();
-        let replies: Vec<HashMap<String, i64>> = pipe.query_async(&mut conn).await?;
+        let replies: Vec<HashMap<String, i64>> = self.redis.query(&pipe).await?;
         let total = &replies[0];
         let buckets = &replies[1..];
         // Bucket 0 is the current, partial one; the 1-minute rate covers it and the 5 before it.

@@ -7,8 +7,9 @@ use producer::config_log::{ConfigLog, ConfigLogConfig, ConfigRecord, Verdict};
 use producer::dead_letter::DeadLetters;
 use producer::idempotency::{Idempotency, IdempotencyConfig};
 use producer::quota::Quotas;
+use producer::redis_conn::RedisConn;
 use producer::sinks::kafka::KafkaSinkConfig;
-use producer::sinks::redis_stream::{self, RedisStreamSinkConfig};
+use producer::sinks::redis_stream::RedisStreamSinkConfig;
 use producer::tenant_stats::TenantStats;
 use producer::topics::{TopicSpec, Topics};
 use producer::{Parts, Pipeline, PipelineConfig};
@@ -74,10 +75,10 @@ pub async fn start(s: &Settings, prometheus: Option<PrometheusHandle>) -> Result
         s.admin_key.as_deref(),
     )?;
     let kafka = s.kafka.build()?;
-    let (client, conn) = redis_stream::connect(&s.redis_url).await?;
+    let redis_conn = RedisConn::connect(&s.redis_url).await?;
     let redis =
-        RedisStreamSinkConfig { url: s.redis_url.clone(), queue_capacity: s.redis_queue }.build(client, conn.clone());
-    let stats = TenantStats::start(conn);
+        RedisStreamSinkConfig { url: s.redis_url.clone(), queue_capacity: s.redis_queue }.build(redis_conn.clone());
+    let stats = TenantStats::start(redis_conn.clone());
     let dead = DeadLetters::new(kafka.clone(), s.deadletter_topic.clone());
     let replay = Duration::from_secs(30);
     if !configs.wait_caught_up(replay).await {

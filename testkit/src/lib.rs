@@ -114,18 +114,21 @@ pub async fn read_topic(
     Ok(out)
 }
 
-/// A private tansu broker on a free port, which the test may stop and start again.
+/// A private, durable tansu broker on a free port, which the test may stop and start again.
 pub struct Broker {
     pub port: u16,
     child: Option<tokio::process::Child>,
     dir: std::path::PathBuf,
 }
 
-fn tansu_bin() -> String {
-    std::env::var("EVSTREAM_TANSU_BIN").expect("EVSTREAM_TANSU_BIN is not set: run the tests with scripts/test")
+/// The durable tansu build (sqlite storage): what survives a restart is what a real broker would keep.
+fn tansu_durable_bin() -> String {
+    std::env::var("EVSTREAM_TANSU_DURABLE_BIN")
+        .expect("EVSTREAM_TANSU_DURABLE_BIN is not set: run the tests with scripts/test")
 }
 
 impl Broker {
+    /// A durable broker (sqlite storage in a private folder) on a free port.
     pub async fn start() -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let dir = std::env::temp_dir().join(unique("evstream-broker"));
@@ -139,27 +142,22 @@ impl Broker {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// Kills the broker process (as a crash would).
+    /// Kills the broker process (SIGKILL, as a crash would).
     pub async fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill().await;
         }
     }
 
-    /// Starts the broker again on the same port.
+    /// Starts the broker again on the same port, on the same data.
     pub async fn resume(&mut self) -> anyhow::Result<()> {
         let url = format!("tcp://127.0.0.1:{}", self.port);
-        let log = std::fs::File::create(self.dir.join("tansu.log"))?;
-        let child = tokio::process::Command::new(tansu_bin())
-            .args([
-                "broker",
-                "--storage-engine",
-                "memory://tansu/",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("tansu.log"))?;
+        // Tagged with the test run, so that scripts/test can stop strays left by a crashed test.
+        let run = std::env::var("EVSTREAM_TEST_RUN").unwrap_or_else(|_| "evstream-test".into());
+        let child = tokio::process::Command::new(tansu_durable_bin())
+            .args(["broker", "--storage-engine", "sqlite://tansu.db", "--listener-url", &url])
+            .args(["--advertised-listener-url", &url, "--cluster-id", &run])
             .current_dir(&self.dir)
             .stdout(Stdio::null())
             .stderr(log)
@@ -183,5 +181,58 @@ impl Drop for Broker {
             let _ = c.start_kill();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A private Redis server on a free port (no persistence), which the test may stop and start again.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<tokio::process::Child>,
+}
+
+impl RedisServer {
+    pub async fn start() -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut r = Self { port, child: None };
+        r.resume().await?;
+        Ok(r)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
+    }
+
+    pub async fn resume(&mut self) -> anyhow::Result<()> {
+        let port = self.port.to_string();
+        let child = tokio::process::Command::new("redis-server")
+            .args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("redis-server (installed by scripts/test)")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("redis did not listen on {} within 10 s", self.port);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.start_kill();
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! from the tenant's `retentionDays`. Reads (`XREVRANGE`) and live tails (`XREAD BLOCK`) serve the HTTP API.
 
 use crate::metric_names as m;
-use redis::aio::ConnectionManager;
+use crate::redis_conn::RedisConn;
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use redis::AsyncCommands;
 use schemas::{EventType, TenantId};
@@ -43,8 +43,7 @@ pub struct StreamEntry {
 #[derive(Clone)]
 pub struct RedisStreamSink {
     tx: mpsc::Sender<StreamEntry>,
-    conn: ConnectionManager,
-    client: redis::Client,
+    redis: RedisConn,
 }
 
 /// A filter on reads: every given field must match.
@@ -71,22 +70,11 @@ fn field(id: &StreamId, name: &str) -> Option<String> {
     id.get::<String>(name)
 }
 
-pub async fn connect(url: &str) -> Result<(redis::Client, ConnectionManager), redis::RedisError> {
-    let client = redis::Client::open(url)?;
-    let cfg = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Duration::from_secs(2))
-        .set_response_timeout(Duration::from_secs(2))
-        .set_number_of_retries(2)
-        .set_max_delay(500);
-    let conn = ConnectionManager::new_with_config(client.clone(), cfg).await?;
-    Ok((client, conn))
-}
-
 impl RedisStreamSinkConfig {
-    pub fn build(&self, client: redis::Client, conn: ConnectionManager) -> RedisStreamSink {
+    pub fn build(&self, redis: RedisConn) -> RedisStreamSink {
         let (tx, rx) = mpsc::channel(self.queue_capacity);
-        tokio::spawn(writer(conn.clone(), rx));
-        RedisStreamSink { tx, conn, client }
+        tokio::spawn(writer(redis.clone(), rx));
+        RedisStreamSink { tx, redis }
     }
 }
 
@@ -98,14 +86,12 @@ impl RedisStreamSink {
         }
     }
 
-    pub fn connection(&self) -> ConnectionManager {
-        self.conn.clone()
+    pub fn connection(&self) -> RedisConn {
+        self.redis.clone()
     }
 
     pub async fn healthcheck(&self) -> Result<(), RedisStreamSinkError> {
-        let mut c = self.conn.clone();
-        let _: String = redis::cmd("PING").query_async(&mut c).await?;
-        Ok(())
+        Ok(self.redis.ping().await?)
     }
 
     /// Newest first, up to `limit` entries that pass `filter`. Scans at most `limit * 20` entries so that a rare
@@ -117,14 +103,16 @@ impl RedisStreamSink {
         filter: &ReadFilter,
     ) -> Result<Vec<serde_json::Value>, RedisStreamSinkError> {
         let key = stream_key(tenant);
-        let mut conn = self.conn.clone();
+        let mut conn = self.redis.get()?;
         let mut out = Vec::with_capacity(limit.min(1000));
         let mut end = "+".to_string();
         let start = filter.since_ms.map(|ms| ms.to_string()).unwrap_or_else(|| "-".into());
         let page = limit.clamp(10, 1000);
         let mut budget = limit.saturating_mul(20).max(1000);
         loop {
-            let reply: StreamRangeReply = conn.xrevrange_count(&key, &end, &start, page).await?;
+            let reply: Result<StreamRangeReply, _> = conn.xrevrange_count(&key, &end, &start, page).await;
+            self.redis.observe(&reply);
+            let reply = reply?;
             let n = reply.ids.len();
             for id in &reply.ids {
                 if filter.matches(id) {
@@ -151,7 +139,8 @@ impl RedisStreamSink {
         tenant: &TenantId,
         filter: ReadFilter,
     ) -> Result<mpsc::Receiver<serde_json::Value>, RedisStreamSinkError> {
-        let mut conn = self.client.get_multiplexed_async_connection().await?;
+        self.redis.get()?;
+        let mut conn = self.redis.client().get_multiplexed_async_connection().await?;
         let key = stream_key(tenant);
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(async move {
@@ -191,9 +180,10 @@ impl RedisStreamSink {
     }
 }
 
-/// Drains the queue in batches; one pipeline per batch. A failed batch is retried briefly, then dropped and
-/// counted: Kafka remains the system of record, Redis is the real-time window.
-async fn writer(mut conn: ConnectionManager, mut rx: mpsc::Receiver<StreamEntry>) {
+/// Drains the queue in batches; one pipeline per batch. A batch that fails is retried, with backoff, until
+/// Redis takes it: while Redis is away the bounded queue fills (the window catches up when Redis is back), and
+/// beyond the queue's capacity new entries are dropped and counted (`result="dropped"`): that is the gap.
+async fn writer(redis: RedisConn, mut rx: mpsc::Receiver<StreamEntry>) {
     let mut batch = Vec::with_capacity(MAX_PIPELINE);
     while rx.recv_many(&mut batch, MAX_PIPELINE).await > 0 {
         let mut pipe = redis::pipe();
@@ -225,21 +215,19 @@ async fn writer(mut conn: ConnectionManager, mut rx: mpsc::Receiver<StreamEntry>
                 .arg(now_ms.saturating_sub(retention_ms))
                 .ignore();
         }
-        let mut ok = false;
-        for attempt in 0..3u32 {
-            match pipe.query_async::<()>(&mut conn).await {
-                Ok(()) => {
-                    ok = true;
-                    break;
-                }
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match redis.query::<()>(&pipe).await {
+                Ok(()) => break,
                 Err(e) => {
-                    tracing::warn!(error = %e, attempt, "redis stream write failed");
-                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                    metrics::counter!(m::REDIS_STREAM_WRITES_TOTAL, "result" => "error").increment(batch.len() as u64);
+                    tracing::debug!(error = %e, "redis stream write failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
                 }
             }
         }
-        let result = if ok { "ok" } else { "error" };
-        metrics::counter!(m::REDIS_STREAM_WRITES_TOTAL, "result" => result).increment(batch.len() as u64);
+        metrics::counter!(m::REDIS_STREAM_WRITES_TOTAL, "result" => "ok").increment(batch.len() as u64);
         batch.clear();
     }
 }

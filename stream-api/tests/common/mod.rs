@@ -18,6 +18,7 @@ pub const ADMIN: &str = "test-admin-key";
 
 pub struct Opts {
     pub brokers: String,
+    pub redis_url: String,
     pub config_topic: String,
     pub delivery_timeout_ms: u64,
     pub api: ApiConfig,
@@ -28,6 +29,7 @@ impl Default for Opts {
     fn default() -> Self {
         Self {
             brokers: testkit::kafka_brokers(),
+            redis_url: testkit::redis_url(),
             config_topic: testkit::unique("evstream.config"),
             delivery_timeout_ms: 5_000,
             api: ApiConfig::default(),
@@ -75,7 +77,7 @@ impl TestApp {
                 linger_ms: 1,
                 ..KafkaSinkConfig::default()
             },
-            redis_url: testkit::redis_url(),
+            redis_url: o.redis_url.clone(),
             redis_queue: 10_000,
             admin_key: Some(ADMIN.to_string()),
             events_topic: testkit::unique("evstream.events"),
