@@ -40,7 +40,7 @@ pub struct BenchArgs {
     pub port: u16,
 }
 
-struct Figures {
+pub(crate) struct Figures {
     name: &'static str,
     events: usize,
     elapsed: Duration,
@@ -78,7 +78,7 @@ fn median(mut v: Vec<Figures>) -> Figures {
     v.swap_remove(mid)
 }
 
-fn tag() -> String {
+pub(crate) fn tag() -> String {
     let mut b = [0u8; 4];
     rand::rng().fill_bytes(&mut b);
     hex::encode(b)
@@ -91,11 +91,79 @@ fn event(tenant: &str, i: usize) -> Value {
            "metadata": {"region": "eu-west-1"}})
 }
 
-fn free_port() -> anyhow::Result<u16> {
+/// A child `evstream api` process on its own topics, ready to serve.
+pub(crate) struct ChildServer {
+    /// Held so that the server is killed when this is dropped.
+    _child: tokio::process::Child,
+    pub pid: u32,
+    pub base: String,
+    pub admin: String,
+}
+
+impl ChildServer {
+    pub async fn start(brokers: &str, redis: &str, port: u16, tag: &str, max_bulk: usize) -> anyhow::Result<Self> {
+        let port = if port == 0 { free_port()? } else { port };
+        let admin = format!("bench-admin-{tag}");
+        let log = std::fs::File::create(std::env::temp_dir().join(format!("evstream-bench-{tag}.log")))?;
+        let child = tokio::process::Command::new(std::env::current_exe()?)
+            .arg("api")
+            .env("EVSTREAM_KAFKA_BROKERS", brokers)
+            .env("EVSTREAM_REDIS_URL", redis)
+            .env("EVSTREAM_LISTEN", format!("127.0.0.1:{port}"))
+            .env("EVSTREAM_ADMIN_KEY", &admin)
+            .env("EVSTREAM_EVENTS_TOPIC", format!("evstream.bench.events-{tag}"))
+            .env("EVSTREAM_CONFIG_TOPIC", format!("evstream.bench.config-{tag}"))
+            .env("EVSTREAM_DEADLETTER_TOPIC", format!("evstream.bench.deadletter-{tag}"))
+            .env("EVSTREAM_MAX_BULK_ITEMS", max_bulk.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting the server")?;
+        let pid = child.id().context("server pid")?;
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Ok(r) = http.get(format!("{base}/ready")).send().await {
+                if r.status() == 200 {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("server not ready within 90 s");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(Self { _child: child, pid, base, admin })
+    }
+
+    /// Registers a tenant with the given quota (events/s; bytes/s generous).
+    pub async fn tenant(&self, http: &reqwest::Client, tenant: &str, events_per_second: u64) -> anyhow::Result<()> {
+        let r = http
+            .post(format!("{}/tenants", self.base))
+            .bearer_auth(&self.admin)
+            .json(&json!({"id": tenant}))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status() == 201, "creating the tenant answered {}", r.status());
+        let quota = json!({"quota": {"eventsPerSecond": events_per_second, "bytesPerSecond": 10_000_000_000u64}});
+        let r = http
+            .put(format!("{}/stream-config/{tenant}", self.base))
+            .bearer_auth(&self.admin)
+            .json(&quota)
+            .send()
+            .await?;
+        anyhow::ensure!(r.status() == 200, "setting the quota answered {}", r.status());
+        Ok(())
+    }
+}
+
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn peak_rss_mb(pid: u32) -> Option<f64> {
+pub(crate) fn peak_rss_mb(pid: u32) -> Option<f64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -201,50 +269,15 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let t = tag();
     let tenant = format!("bench-{t}");
     let raw_topic = format!("evstream.bench.raw-{t}");
-    let events_topic = format!("evstream.bench.events-{t}");
     Topics::new(&a.kafka_brokers)?
         .ensure(&[TopicSpec { name: raw_topic.clone(), partitions: 6, replication: 1, compacted: false }])
         .await?;
 
-    let port = if a.port == 0 { free_port()? } else { a.port };
-    let admin = format!("bench-admin-{t}");
-    let log = std::fs::File::create(std::env::temp_dir().join(format!("evstream-bench-{t}.log")))?;
-    let mut child = tokio::process::Command::new(std::env::current_exe()?)
-        .arg("api")
-        .env("EVSTREAM_KAFKA_BROKERS", &a.kafka_brokers)
-        .env("EVSTREAM_REDIS_URL", &a.redis_url)
-        .env("EVSTREAM_LISTEN", format!("127.0.0.1:{port}"))
-        .env("EVSTREAM_ADMIN_KEY", &admin)
-        .env("EVSTREAM_EVENTS_TOPIC", &events_topic)
-        .env("EVSTREAM_CONFIG_TOPIC", format!("evstream.bench.config-{t}"))
-        .env("EVSTREAM_DEADLETTER_TOPIC", format!("evstream.bench.deadletter-{t}"))
-        .env("EVSTREAM_MAX_BULK_ITEMS", a.bulk_size.max(1000).to_string())
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting the server")?;
-    let pid = child.id().context("server pid")?;
-    let base = format!("http://127.0.0.1:{port}");
+    let server = ChildServer::start(&a.kafka_brokers, &a.redis_url, a.port, &t, a.bulk_size.max(1000)).await?;
+    let (pid, base, admin) = (server.pid, server.base.clone(), server.admin.clone());
     let http = reqwest::Client::builder().pool_max_idle_per_host(a.concurrency.max(a.bulk_concurrency)).build()?;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Ok(r) = http.get(format!("{base}/ready")).send().await {
-            if r.status() == 200 {
-                break;
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("server not ready within 90 s");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let r = http.post(format!("{base}/tenants")).bearer_auth(&admin).json(&json!({"id": tenant})).send().await?;
-    anyhow::ensure!(r.status() == 201, "creating the tenant answered {}", r.status());
     // The default per-tenant quota would cap the measurement; lift it for the bench tenant (admin only).
-    let quota = json!({"quota": {"eventsPerSecond": 10_000_000u64, "bytesPerSecond": 10_000_000_000u64}});
-    let r = http.put(format!("{base}/stream-config/{tenant}")).bearer_auth(&admin).json(&quota).send().await?;
-    anyhow::ensure!(r.status() == 200, "lifting the quota answered {}", r.status());
+    server.tenant(&http, &tenant, 10_000_000).await?;
     let rss_idle = peak_rss_mb(pid);
 
     println!(
@@ -281,7 +314,6 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     );
     println!("ratio (b)/(a): {:.2}", rb.rate() / ra.rate());
     println!("targets: (b)/(a) >= 0.8; (c) >= 5000 events/s with p99 < 10 ms; RSS < 150 MB");
-    let _ = child.start_kill();
-    let _ = child.wait().await;
+    drop(server);
     Ok(())
 }

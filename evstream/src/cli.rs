@@ -21,6 +21,8 @@ pub enum Command {
     ChangeFeed(Common),
     /// Measure the ingest path: raw producer vs POST /events/bulk vs POST /events.
     Bench(crate::bench::BenchArgs),
+    /// Measure tenant isolation: a quiet tenant's p99 with and without a noisy tenant flooding at 10x its quota.
+    NoisyNeighbour(crate::noisy::NoisyArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -77,16 +79,16 @@ pub struct Common {
     #[arg(long, env = "EVSTREAM_MAX_IN_FLIGHT", default_value_t = 4096)]
     pub max_in_flight: usize,
     /// How long a client-supplied event id or Idempotency-Key is remembered (retries within it write nothing).
-    #[arg(long, env = "EVSTREAM_IDEMPOTENCY_WINDOW_SECS", default_value_t = 3600)]
+    #[arg(long, env = "EVSTREAM_IDEMPOTENCY_WINDOW_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
     pub idempotency_window_secs: u64,
     /// Default per-tenant quota: events per second (a tenant's stream config may override it; admin only).
-    #[arg(long, env = "EVSTREAM_QUOTA_EVENTS_PER_SEC", default_value_t = 1000)]
+    #[arg(long, env = "EVSTREAM_QUOTA_EVENTS_PER_SEC", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
     pub quota_events_per_sec: u64,
     /// Default per-tenant quota: bytes per second.
-    #[arg(long, env = "EVSTREAM_QUOTA_BYTES_PER_SEC", default_value_t = 10485760)]
+    #[arg(long, env = "EVSTREAM_QUOTA_BYTES_PER_SEC", default_value_t = 10485760, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000_000))]
     pub quota_bytes_per_sec: u64,
     /// Bursts may reach this many seconds' worth of the quota.
-    #[arg(long, env = "EVSTREAM_QUOTA_BURST_SECS", default_value_t = 2)]
+    #[arg(long, env = "EVSTREAM_QUOTA_BURST_SECS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub quota_burst_secs: u64,
     /// Events waiting for Redis; beyond it they are dropped from the real-time window (Kafka keeps them).
     #[arg(long, env = "EVSTREAM_REDIS_QUEUE", default_value_t = 100000)]

@@ -4,6 +4,7 @@
 
 mod bench;
 mod cli;
+mod noisy;
 mod platform;
 
 use clap::Parser;
@@ -24,6 +25,7 @@ fn main() -> anyhow::Result<()> {
             cli::Command::Alerts(o) => platform::run_unavailable_role("alerts", &o),
             cli::Command::ChangeFeed(o) => platform::run_unavailable_role("change-feed", &o),
             cli::Command::Bench(b) => bench::run(b).await,
+            cli::Command::NoisyNeighbour(n) => noisy::run(n).await,
         }
     })
 }

@@ -233,6 +233,19 @@ impl Pipeline {
 
     /// Many events (a bulk request): results in input order. Quotas are taken once per tenant for the request.
     pub async fn ingest_many(&self, values: Vec<Value>, ctx: &RequestContext<'_>) -> Vec<Result<Outcome, IngestError>> {
+        // A tenant key whose tenant is known to be over quota is refused before any parsing: a flood is cheap.
+        if let Scope::Tenant(t) = ctx.scope {
+            if let Some(retry_after) = self.inner.quotas.locally_limited(t) {
+                return values
+                    .iter()
+                    .map(|_| {
+                        let e = IngestError::QuotaExceeded { tenant: t.clone(), retry_after, reason: "quota_exceeded" };
+                        self.count_rejection(Some(t.clone()), &e, None);
+                        Err(e)
+                    })
+                    .collect();
+            }
+        }
         let single = values.len() == 1;
         // The tenant each item names, for counting rejections that happen after the document was consumed.
         let tenants: Vec<Option<TenantId>> = values.iter().map(peek_tenant).collect();
@@ -411,7 +424,8 @@ impl Pipeline {
         let draft = parse_owned(v, &i.catalog).map_err(|(errors, v)| Box::new((IngestError::Invalid { errors }, v)))?;
         // A valid draft always has a valid tenant, so `cfg` is known here; the fallback is unreachable.
         let cfg = cfg.unwrap_or_default();
-        let client_id = draft.id.as_ref().map(|id| id.to_string());
+        // Event ids and Idempotency-Keys live in separate namespaces.
+        let client_id = draft.id.as_ref().map(|id| format!("id:{id}"));
         let event = enrich(draft, ctx.received_at, ctx.correlation);
         if cfg.filter(&event) == FilterOutcome::NoFilterMatched {
             let reason = "no_filter_matched";
@@ -423,7 +437,7 @@ impl Pipeline {
         // Serialising an `Event` cannot fail: every field is a string, number, map or timestamp.
         let json: Arc<[u8]> = serde_json::to_vec(&event).unwrap_or_default().into();
         let dedup_key =
-            client_id.or_else(|| if single { ctx.idempotency_key.map(|k| format!("key:{k}")) } else { None });
+            client_id.or_else(|| if single { ctx.idempotency_key.map(|k| format!("hdr:{k}")) } else { None });
         Ok(Prepared { event, cfg, json, dedup_key, filtered: None })
     }
 

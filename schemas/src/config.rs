@@ -253,11 +253,14 @@ impl StreamConfig {
             ));
         }
         if let Some(q) = &self.quota {
-            if q.events_per_second == 0 || q.bytes_per_second == 0 || !(1..=3600).contains(&q.burst_seconds) {
+            let ok = (1..=1_000_000_000).contains(&q.events_per_second)
+                && (1..=1_000_000_000_000).contains(&q.bytes_per_second)
+                && (1..=3600).contains(&q.burst_seconds);
+            if !ok {
                 errs.push(FieldError::new(
                     "quota",
                     "out_of_range",
-                    "eventsPerSecond and bytesPerSecond must be positive, burstSeconds 1..=3600",
+                    "eventsPerSecond 1..=1e9, bytesPerSecond 1..=1e12, burstSeconds 1..=3600",
                 ));
             }
         }

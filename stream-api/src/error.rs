@@ -155,6 +155,12 @@ impl From<IngestError> for ApiError {
                 )
                 .with_errors(vec![f])
             }
+            IngestError::QuotaExceeded { reason: "quota_request_too_large", .. } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "quota_request_too_large",
+                "Request larger than the quota",
+                "this request needs more than the tenant's whole burst allowance; split it",
+            ),
             IngestError::QuotaExceeded { retry_after, reason, .. } => {
                 let mut e = ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,

@@ -145,7 +145,8 @@ impl RedisStreamSink {
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(async move {
             // `since` replays from that time; otherwise the tail starts with what arrives next.
-            let mut last = filter.since_ms.map_or_else(|| "$".to_string(), |ms| format!("{}-0", ms.saturating_sub(1)));
+            let mut last =
+                filter.since_ms.map_or_else(|| "$".to_string(), |ms| format!("{}-{}", ms.saturating_sub(1), u64::MAX));
             let opts = redis::streams::StreamReadOptions::default().block(5_000).count(100);
             loop {
                 let reply: Result<Option<StreamReadReply>, _> = conn.xread_options(&[&key], &[&last], &opts).await;

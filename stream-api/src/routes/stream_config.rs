@@ -91,7 +91,13 @@ pub async fn put_config(
     let current = current_cfg.as_ref().map_or(0, |c| c.version);
     // A tenant may not raise its own quota: only the admin key sets it.
     let current_quota = current_cfg.as_ref().and_then(|c| c.config.quota.clone());
-    if cfg.quota != current_quota && auth.require_admin().is_err() {
+    let is_admin = auth.require_admin().is_ok();
+    let mut cfg = cfg;
+    if !is_admin && cfg.quota.is_none() {
+        // A tenant's document that leaves `quota` out keeps the quota the admin set.
+        cfg.quota = current_quota.clone();
+    }
+    if cfg.quota != current_quota && !is_admin {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "admin_required",
