@@ -63,6 +63,9 @@ pub struct Common {
     /// Most records in one producer batch.
     #[arg(long, env = "EVSTREAM_KAFKA_BATCH_SIZE", default_value_t = 10000)]
     pub kafka_batch_size: u32,
+    /// Use Kafka's idempotent producer. Turn off only for a broker whose idempotence support is broken.
+    #[arg(long, env = "EVSTREAM_KAFKA_IDEMPOTENCE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub kafka_idempotence: bool,
     /// Bound on records waiting in the producer.
     #[arg(long, env = "EVSTREAM_KAFKA_QUEUE_MAX", default_value_t = 100000)]
     pub kafka_queue_max: u32,

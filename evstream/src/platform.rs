@@ -15,6 +15,7 @@ pub fn settings(o: &Common) -> Settings {
             linger_ms: o.kafka_linger_ms,
             batch_size: o.kafka_batch_size,
             queue_max_messages: o.kafka_queue_max,
+            idempotence: o.kafka_idempotence,
         },
         redis_url: o.redis_url.clone(),
         redis_queue: o.redis_queue,

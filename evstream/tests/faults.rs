@@ -34,6 +34,10 @@ impl Env {
     }
 
     async fn spawn(&self, delivery_timeout_ms: u64) -> Server {
+        self.spawn_with(delivery_timeout_ms, true).await
+    }
+
+    async fn spawn_with(&self, delivery_timeout_ms: u64, idempotence: bool) -> Server {
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_evstream"))
             .arg("api")
@@ -47,6 +51,7 @@ impl Env {
             .env("EVSTREAM_PARTITIONS", "3")
             .env("EVSTREAM_KAFKA_DELIVERY_TIMEOUT_MS", delivery_timeout_ms.to_string())
             .env("EVSTREAM_QUOTA_EVENTS_PER_SEC", "1000000")
+            .env("EVSTREAM_KAFKA_IDEMPOTENCE", idempotence.to_string())
             .env("EVSTREAM_LOG", "warn")
             .stdout(Stdio::null())
             .kill_on_drop(true)
@@ -155,12 +160,15 @@ fn load(
 async fn assert_exactly_once(brokers: &str, topic: &str, tenant: &str, acked: &[String]) {
     // Read until every acknowledged id was seen (or time runs out); unacknowledged writes may be there too.
     let want: std::collections::HashSet<&str> = acked.iter().map(String::as_str).collect();
+    let seen_ids = std::cell::RefCell::new(std::collections::HashSet::new());
+    let read = std::cell::Cell::new(0usize);
     let all_seen = |rs: &[testkit::Record]| {
-        rs.len() >= want.len() && {
-            let ids: std::collections::HashSet<String> =
-                rs.iter().map(|r| r.headers.get("ce_id").cloned().unwrap_or_default()).collect();
-            want.iter().all(|id| ids.contains(*id))
+        let mut ids = seen_ids.borrow_mut();
+        for r in &rs[read.get()..] {
+            ids.insert(r.headers.get("ce_id").cloned().unwrap_or_default());
         }
+        read.set(rs.len());
+        rs.len() >= want.len() && want.iter().all(|id| ids.contains(*id))
     };
     let recs = testkit::read_topic(brokers, topic, Duration::from_secs(60), all_seen).await.expect("read");
     let mut seen: HashMap<String, usize> = HashMap::new();
@@ -186,7 +194,9 @@ async fn broker_restart_under_load_loses_nothing_acknowledged() {
     let mut broker = testkit::Broker::start().await.expect("broker");
     let env = Env::new(broker.addr());
     let timeout_ms = 2000;
-    let server = env.spawn(timeout_ms).await;
+    // tansu 0.6's sqlite storage panics when an idempotent producer carries on after a broker restart
+    // ("more or less than one row" in idempotent_message_check), so this test runs without idempotence.
+    let server = env.spawn_with(timeout_ms, false).await;
     let tenant = create_tenant(&server.base).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let running = load(Arc::new(Mutex::new(server.base.clone())), tenant.clone(), 4, stop.clone());

@@ -196,6 +196,7 @@ pub struct ConfigLogConfig {
     pub brokers: String,
     pub topic: String,
     pub delivery_timeout_ms: u64,
+    pub idempotence: bool,
 }
 
 struct Shared {
@@ -221,7 +222,7 @@ impl ConfigLog {
     pub fn start(cfg: &ConfigLogConfig, static_admin_key: Option<&str>) -> Result<Self, KafkaError> {
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &cfg.brokers)
-            .set("enable.idempotence", "true")
+            .set("enable.idempotence", cfg.idempotence.to_string())
             .set("acks", "all")
             .set("linger.ms", "0")
             .set("message.timeout.ms", cfg.delivery_timeout_ms.to_string())

@@ -114,9 +114,9 @@ pub enum IngestError {
     #[error("an event with the same id is still being written")]
     InFlight,
     #[error("the broker did not acknowledge the event")]
-    Unavailable(#[source] KafkaSinkError),
+    Unavailable(#[source] Box<KafkaSinkError>),
     #[error("the broker refused the event")]
-    Undeliverable(#[source] KafkaSinkError),
+    Undeliverable(#[source] Box<KafkaSinkError>),
 }
 
 impl IngestError {
@@ -463,12 +463,12 @@ impl Pipeline {
                 Err(e) => {
                     self.reconcile_topics(&topics);
                     return Err(match e {
-                        KafkaSinkError::Retriable { .. } => IngestError::Unavailable(e),
+                        KafkaSinkError::Retriable { .. } => IngestError::Unavailable(Box::new(e)),
                         KafkaSinkError::Final { .. } => {
                             // No sink can take it as it is: keep it, with the reason, on the dead-letter topic.
                             let original = String::from_utf8_lossy(&p.json);
                             i.dead.send(e.reason(), Some(event.tenant_id.as_str()), &[], &original);
-                            IngestError::Undeliverable(e)
+                            IngestError::Undeliverable(Box::new(e))
                         }
                     });
                 }

@@ -71,6 +71,7 @@ pub async fn start(s: &Settings, prometheus: Option<PrometheusHandle>) -> Result
             brokers: s.kafka.brokers.clone(),
             topic: s.config_topic.clone(),
             delivery_timeout_ms: s.kafka.delivery_timeout_ms,
+            idempotence: s.kafka.idempotence,
         },
         s.admin_key.as_deref(),
     )?;

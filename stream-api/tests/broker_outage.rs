@@ -11,12 +11,17 @@ use std::time::{Duration, Instant};
 async fn broker_down_gives_503_within_the_bound_then_recovers() {
     let mut broker = testkit::Broker::start().await.expect("broker");
     let timeout_ms = 2_000;
-    let app =
-        TestApp::start_with(Opts { brokers: broker.addr(), delivery_timeout_ms: timeout_ms, ..Opts::default() }).await;
+    let app = TestApp::start_with(Opts {
+        brokers: broker.addr(),
+        delivery_timeout_ms: timeout_ms,
+        idempotence: false,
+        ..Opts::default()
+    })
+    .await;
     let (tenant, key) = app.tenant().await;
     assert_eq!(app.post("/events", &key, &event(&tenant)).await.status, StatusCode::ACCEPTED);
 
-    broker.stop().await;
+    broker.shutdown().await;
     let started = Instant::now();
     let r = app.post("/events", &key, &event(&tenant)).await;
     let took = started.elapsed();

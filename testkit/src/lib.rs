@@ -149,6 +149,18 @@ impl Broker {
         }
     }
 
+    /// Stops the broker with SIGTERM and waits for it to exit (a planned restart).
+    pub async fn shutdown(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            if let Some(pid) = c.id() {
+                let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+            }
+            if tokio::time::timeout(Duration::from_secs(10), c.wait()).await.is_err() {
+                let _ = c.kill().await;
+            }
+        }
+    }
+
     /// Starts the broker again on the same port, on the same data.
     pub async fn resume(&mut self) -> anyhow::Result<()> {
         let url = format!("tcp://127.0.0.1:{}", self.port);

@@ -21,6 +21,10 @@ pub struct KafkaSinkConfig {
     pub batch_size: u32,
     /// Bound on records queued in the client; beyond it requests fail fast instead of growing memory.
     pub queue_max_messages: u32,
+    /// The idempotent producer (no duplicates from producer retries, order kept). Off only for brokers whose
+    /// idempotence support is broken; then one request per connection keeps the order, and a retry after a lost
+    /// acknowledgement may store a record twice.
+    pub idempotence: bool,
 }
 
 impl Default for KafkaSinkConfig {
@@ -31,6 +35,7 @@ impl Default for KafkaSinkConfig {
             linger_ms: 5,
             batch_size: 10_000,
             queue_max_messages: 100_000,
+            idempotence: true,
         }
     }
 }
@@ -82,7 +87,8 @@ impl KafkaSinkConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers)
             .set("client.id", "evstream")
-            .set("enable.idempotence", "true")
+            .set("enable.idempotence", self.idempotence.to_string())
+            .set("max.in.flight.requests.per.connection", if self.idempotence { "5" } else { "1" })
             .set("acks", "all")
             .set("linger.ms", self.linger_ms.to_string())
             .set("batch.num.messages", self.batch_size.to_string())

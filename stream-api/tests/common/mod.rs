@@ -21,6 +21,8 @@ pub struct Opts {
     pub redis_url: String,
     pub config_topic: String,
     pub delivery_timeout_ms: u64,
+    /// The idempotent producer; off only against the test broker's restart bug (see broker_outage.rs).
+    pub idempotence: bool,
     pub api: ApiConfig,
     pub quota: Quota,
 }
@@ -32,6 +34,7 @@ impl Default for Opts {
             redis_url: testkit::redis_url(),
             config_topic: testkit::unique("evstream.config"),
             delivery_timeout_ms: 5_000,
+            idempotence: true,
             api: ApiConfig::default(),
             quota: Quota { events_per_second: 1_000_000, bytes_per_second: 1 << 40, burst_seconds: 2 },
         }
@@ -75,6 +78,7 @@ impl TestApp {
                 brokers: o.brokers.clone(),
                 delivery_timeout_ms: o.delivery_timeout_ms,
                 linger_ms: 1,
+                idempotence: o.idempotence,
                 ..KafkaSinkConfig::default()
             },
             redis_url: o.redis_url.clone(),
