@@ -146,3 +146,41 @@ async fn quota_is_shared_by_instances() {
     assert_eq!((accepted, limited), (4, 2), "{statuses:?}");
     let _ = WAIT;
 }
+
+/// Requests in flight are bounded: beyond the bound the API answers 503 `overloaded` at once instead of queueing,
+/// and health endpoints still answer.
+#[tokio::test]
+async fn overload_is_refused_fast() {
+    let app = TestApp::start_with(Opts {
+        api: stream_api::ApiConfig { max_in_flight: 1, body_timeout_ms: 5_000, ..Default::default() },
+        ..Opts::default()
+    })
+    .await;
+    let (tenant, key) = app.tenant().await;
+    // One request holds the only slot: its body never finishes arriving.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(1);
+    tx.send(Ok(bytes::Bytes::from_static(b"{"))).await.expect("send");
+    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+    let held = Request::builder()
+        .method("POST")
+        .uri("/events")
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .body(Body::from_stream(stream))
+        .expect("request");
+    let router = app.router.clone();
+    let holder = tokio::spawn(async move { tower::ServiceExt::oneshot(router, held).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let started = std::time::Instant::now();
+    let r = app.post("/events", &key, &event(&tenant)).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    assert_eq!(r.body["code"], "overloaded");
+    assert!(r.headers.contains_key("retry-after"));
+    assert!(started.elapsed() < Duration::from_secs(1), "refused at once");
+    assert_eq!(app.get("/health", &key).await.status, StatusCode::OK);
+    drop(tx);
+    let _ = holder.await;
+    // With the slot free again, ingest works.
+    assert_eq!(app.post("/events", &key, &event(&tenant)).await.status, StatusCode::ACCEPTED);
+}
