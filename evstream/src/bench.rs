@@ -35,6 +35,9 @@ pub struct BenchArgs {
     /// Rounds of (a), (b), (c), interleaved; the median round is reported.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+    /// Which scenarios to run (letters a, b, c); the ratio needs a and b.
+    #[arg(long, default_value = "abc")]
+    pub scenarios: String,
     /// Port of the child server (0: a free one).
     #[arg(long, default_value_t = 0)]
     pub port: u16,
@@ -72,10 +75,37 @@ impl Figures {
     }
 }
 
-fn median(mut v: Vec<Figures>) -> Figures {
+/// The status, after reading the body so that the connection can be reused.
+async fn status_after_body(r: reqwest::Result<reqwest::Response>) -> u16 {
+    match r {
+        Ok(r) => {
+            let s = r.status().as_u16();
+            let _ = r.bytes().await;
+            s
+        }
+        Err(_) => 0,
+    }
+}
+
+fn print_server_cpu(before: Option<f64>, after: Option<f64>, f: &Figures) {
+    if let (Some(b), Some(a)) = (before, after) {
+        let cpu = a - b;
+        let wall = f.elapsed.as_secs_f64();
+        println!(
+            "    server CPU {cpu:.2} s in {wall:.2} s ({:.0}% of one core), {:.1} µs per event",
+            100.0 * cpu / wall,
+            1e6 * cpu / f.events as f64
+        );
+    }
+}
+
+fn median(mut v: Vec<Figures>) -> Option<Figures> {
+    if v.is_empty() {
+        return None;
+    }
     v.sort_by(|x, y| x.rate().total_cmp(&y.rate()));
     let mid = v.len() / 2;
-    v.swap_remove(mid)
+    Some(v.swap_remove(mid))
 }
 
 pub(crate) fn tag() -> String {
@@ -163,6 +193,16 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// CPU time (user + system) a process has used, in seconds.
+pub(crate) fn cpu_secs(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = s.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 pub(crate) fn peak_rss_mb(pid: u32) -> Option<f64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -170,9 +210,7 @@ pub(crate) fn peak_rss_mb(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-async fn raw_producer(a: &BenchArgs, topic: &str, tenant: &str) -> anyhow::Result<Figures> {
-    let cfg = KafkaSinkConfig { brokers: a.kafka_brokers.clone(), ..KafkaSinkConfig::default() };
-    let p: FutureProducer = cfg.client_config().create()?;
+async fn raw_producer(a: &BenchArgs, p: &FutureProducer, topic: &str, tenant: &str) -> anyhow::Result<Figures> {
     // The same bytes the server would write: the enriched envelope.
     let payloads: Vec<Vec<u8>> = (0..a.events)
         .map(|i| {
@@ -231,7 +269,7 @@ async fn bulk(a: &BenchArgs, http: &reqwest::Client, base: &str, key: &str, tena
             .body(b.clone())
             .send()
             .await;
-        (r.map(|r| r.status().as_u16()).unwrap_or(0), t.elapsed())
+        (status_after_body(r).await, t.elapsed())
     }))
     .buffer_unordered(a.bulk_concurrency);
     while let Some((status, l)) = pending.next().await {
@@ -255,7 +293,7 @@ async fn single(a: &BenchArgs, http: &reqwest::Client, base: &str, key: &str, te
             .body(b)
             .send()
             .await;
-        (r.map(|r| r.status().as_u16()).unwrap_or(0), t.elapsed())
+        (status_after_body(r).await, t.elapsed())
     }))
     .buffer_unordered(a.concurrency);
     while let Some((status, l)) = pending.next().await {
@@ -285,34 +323,52 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         a.events, a.concurrency, a.bulk_size, a.bulk_concurrency
     );
     // Warm both paths so connection set-up is not measured.
-    raw_producer(&BenchArgs { events: 500, ..a.clone() }, &raw_topic, &tenant).await?;
+    // One producer for every round, configured as the server's sink (idempotent, acks=all, same linger).
+    let producer: FutureProducer =
+        KafkaSinkConfig { brokers: a.kafka_brokers.clone(), ..KafkaSinkConfig::default() }.client_config().create()?;
+    raw_producer(&BenchArgs { events: 500, ..a.clone() }, &producer, &raw_topic, &tenant).await?;
     single(&BenchArgs { events: 500, ..a.clone() }, &http, &base, &admin, &tenant).await?;
     let (mut ras, mut rbs, mut rcs) = (Vec::new(), Vec::new(), Vec::new());
+    let want = |c: char| a.scenarios.contains(c);
     for round in 1..=a.rounds.max(1) {
         println!("round {round}");
-        let ra = raw_producer(&a, &raw_topic, &tenant).await?;
-        ra.print();
-        let rb = bulk(&a, &http, &base, &admin, &tenant).await?;
-        rb.print();
-        let rc = single(&a, &http, &base, &admin, &tenant).await?;
-        rc.print();
-        println!("  ratio (b)/(a) this round: {:.2}", rb.rate() / ra.rate());
-        ras.push(ra);
-        rbs.push(rb);
-        rcs.push(rc);
+        if want('a') {
+            let r = raw_producer(&a, &producer, &raw_topic, &tenant).await?;
+            r.print();
+            ras.push(r);
+        }
+        if want('b') {
+            let cpu0 = cpu_secs(pid);
+            let r = bulk(&a, &http, &base, &admin, &tenant).await?;
+            r.print();
+            print_server_cpu(cpu0, cpu_secs(pid), &r);
+            rbs.push(r);
+        }
+        if want('c') {
+            let cpu0 = cpu_secs(pid);
+            let r = single(&a, &http, &base, &admin, &tenant).await?;
+            r.print();
+            print_server_cpu(cpu0, cpu_secs(pid), &r);
+            rcs.push(r);
+        }
+        if let (Some(ra), Some(rb)) = (ras.last(), rbs.last()) {
+            println!("  ratio (b)/(a) this round: {:.2}", rb.rate() / ra.rate());
+        }
     }
     let rss = peak_rss_mb(pid);
-    let (ra, rb, rc) = (median(ras), median(rbs), median(rcs));
     println!("median of {} rounds (by events/s):", a.rounds.max(1));
-    ra.print();
-    rb.print();
-    rc.print();
+    let (ra, rb, rc) = (median(ras), median(rbs), median(rcs));
+    for f in [&ra, &rb, &rc].into_iter().flatten() {
+        f.print();
+    }
     println!(
         "server peak RSS: {:.1} MB (after start-up: {:.1} MB)",
         rss.unwrap_or(f64::NAN),
         rss_idle.unwrap_or(f64::NAN)
     );
-    println!("ratio (b)/(a): {:.2}", rb.rate() / ra.rate());
+    if let (Some(ra), Some(rb)) = (&ra, &rb) {
+        println!("ratio (b)/(a): {:.2}", rb.rate() / ra.rate());
+    }
     println!("targets: (b)/(a) >= 0.8; (c) >= 5000 events/s with p99 < 10 ms; RSS < 150 MB");
     drop(server);
     Ok(())

@@ -279,16 +279,22 @@ impl Pipeline {
         }
 
         // Claim ids first, so that a retried event neither writes twice nor spends quota twice.
-        let claims = futures::future::join_all(stages.iter().map(|s| async move {
-            match s {
-                Stage::Ready(p) => match &p.dedup_key {
-                    Some(k) => Some(self.inner.idempotency.claim(&p.event.tenant_id, k).await),
-                    None => None,
-                },
-                Stage::Done(_) | Stage::SameAs(_) => None,
-            }
-        }))
-        .await;
+        let has_keys = stages.iter().any(|s| matches!(s, Stage::Ready(p) if p.dedup_key.is_some()));
+        let claims: Vec<Option<Claim>> = if has_keys {
+            futures::future::join_all(stages.iter().map(|s| async move {
+                match s {
+                    Stage::Ready(p) => match &p.dedup_key {
+                        Some(k) => Some(self.inner.idempotency.claim(&p.event.tenant_id, k).await),
+                        None => None,
+                    },
+                    Stage::Done(_) | Stage::SameAs(_) => None,
+                }
+            }))
+            .await
+        } else {
+            // No client ids in this request: nothing to claim, and no 500 idle futures to poll.
+            stages.iter().map(|_| None).collect()
+        };
         let mut guards: Vec<Option<ClaimGuard>> = Vec::with_capacity(stages.len());
         for (stage, claim) in stages.iter_mut().zip(claims) {
             let guard = match claim {

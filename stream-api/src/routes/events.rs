@@ -13,7 +13,8 @@ use axum::Json;
 use producer::sinks::redis_stream::ReadFilter;
 use producer::{Outcome, RequestContext, Scope};
 use schemas::{cloudevents, EventType, FieldError};
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
@@ -204,41 +205,17 @@ pub async fn bulk(
             Some(fe) => Err(ApiError::bad_request("malformed_json", fe.message.clone()).with_errors(vec![fe])),
         })
         .collect();
-    let mut accepted = 0usize;
-    let mut unavailable = false;
-    let mut throttled: Option<u64> = None;
-    let out: Vec<Value> = results
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let mut v = match r {
-                Ok(o) => {
-                    accepted += 1;
-                    outcome_json(o)
-                }
-                Err(e) => {
-                    unavailable |= e.code == "broker_unavailable";
-                    if e.status == StatusCode::TOO_MANY_REQUESTS {
-                        throttled = throttled.max(e.retry_after_secs);
-                    }
-                    let mut v = json!({"status": "rejected", "code": e.code, "detail": e.detail});
-                    if !e.errors.is_empty() {
-                        v["errors"] = serde_json::to_value(&e.errors).unwrap_or(Value::Null);
-                    }
-                    v
-                }
-            };
-            v["index"] = json!(i);
-            v
-        })
-        .collect();
-    let total = out.len();
-    let summary = move |o: &mut Map<String, Value>| {
-        o.insert("accepted".into(), json!(accepted));
-        o.insert("rejected".into(), json!(total - accepted));
-        o.insert("results".into(), Value::Array(out));
-    };
+    let accepted = results.iter().filter(|r| r.is_ok()).count();
+    let total = results.len();
+    let items: Vec<ItemResult<'_>> = results.iter().enumerate().map(|(index, r)| ItemResult::new(index, r)).collect();
     if accepted == 0 {
+        let unavailable = results.iter().any(|r| matches!(r, Err(e) if e.code == "broker_unavailable"));
+        let throttled = results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .filter(|e| e.status == StatusCode::TOO_MANY_REQUESTS)
+            .filter_map(|e| e.retry_after_secs)
+            .max();
         let mut e = if unavailable {
             ApiError::unavailable("broker_unavailable", "no event was stored; retry later", 2)
         } else if let Some(secs) = throttled {
@@ -258,14 +235,96 @@ pub async fn bulk(
                 "every event was rejected; see `results`",
             )
         };
-        summary(&mut e.extra);
+        e.extra.insert("accepted".into(), json!(0));
+        e.extra.insert("rejected".into(), json!(total));
+        e.extra.insert("results".into(), serde_json::to_value(&items).unwrap_or(Value::Null));
         return Err(e);
     }
-    let mut body = Map::new();
-    body.insert("status".into(), json!(if accepted == total { "all_accepted" } else { "partially_accepted" }));
-    summary(&mut body);
+    let body = BulkResponse {
+        status: if accepted == total { "all_accepted" } else { "partially_accepted" },
+        accepted,
+        rejected: total - accepted,
+        results: items,
+    };
     let status = if accepted == total { StatusCode::ACCEPTED } else { StatusCode::MULTI_STATUS };
-    Ok((status, Json(Value::Object(body))).into_response())
+    Ok((status, Json(body)).into_response())
+}
+
+/// The answer to a bulk request that accepted at least one event.
+#[derive(Serialize)]
+struct BulkResponse<'a> {
+    status: &'static str,
+    accepted: usize,
+    rejected: usize,
+    results: Vec<ItemResult<'a>>,
+}
+
+/// One item's result, serialised directly (a bulk answer has up to thousands of them).
+#[derive(Serialize)]
+struct ItemResult<'a> {
+    index: usize,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a schemas::EventId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    topic: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    partition: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<i64>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    duplicate: bool,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    also: &'a [producer::pipeline::Placement],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    errors: &'a [FieldError],
+}
+
+impl<'a> ItemResult<'a> {
+    fn new(index: usize, r: &'a Result<Outcome, ApiError>) -> Self {
+        let mut it = ItemResult {
+            index,
+            status: "rejected",
+            id: None,
+            topic: None,
+            partition: None,
+            offset: None,
+            duplicate: false,
+            also: &[],
+            reason: None,
+            code: None,
+            detail: None,
+            errors: &[],
+        };
+        match r {
+            Ok(Outcome::Accepted(a)) => {
+                it.status = "accepted";
+                it.id = Some(&a.id);
+                it.topic = Some(&a.topic);
+                it.partition = Some(a.partition);
+                it.offset = Some(a.offset);
+                it.duplicate = a.duplicate;
+                it.also = &a.also;
+            }
+            Ok(Outcome::Filtered { id, reason }) => {
+                it.status = "filtered";
+                it.id = Some(id);
+                it.reason = Some(reason);
+            }
+            Err(e) => {
+                it.code = Some(e.code);
+                it.detail = Some(&e.detail);
+                it.errors = &e.errors;
+            }
+        }
+        it
+    }
 }
 
 fn read_filter(q: &HashMap<String, String>) -> Result<ReadFilter, ApiError> {
