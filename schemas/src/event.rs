@@ -331,6 +331,18 @@ mod tests {
         assert!(fields.contains(&("extra", "unknown_field")));
     }
 
+    /// Found by fuzzing: numbers must survive parse -> store -> parse exactly (serde_json's float_roundtrip).
+    #[test]
+    fn numbers_round_trip_exactly() {
+        let text =
+            r#"{"tenantId":"t","eventType":"USER_ACTION","source":"AWS","data":{"x":4.4444444444444455e+106,"y":0.1}}"#;
+        let d = parse_event(&serde_json::from_str(text).unwrap(), &cat()).unwrap();
+        let stored = serde_json::to_string(&d.data).unwrap();
+        let back: Map<String, Value> = serde_json::from_str(&stored).unwrap();
+        assert_eq!(back, d.data);
+        assert_eq!(d.data["x"].as_f64(), Some(4.4444444444444455e106));
+    }
+
     #[test]
     fn not_an_object() {
         assert_eq!(parse_event(&json!([1]), &cat()).unwrap_err()[0].code, "wrong_type");
