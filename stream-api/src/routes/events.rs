@@ -70,22 +70,6 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     }
 }
 
-fn outcome_json(o: &Outcome) -> Value {
-    match o {
-        Outcome::Accepted(a) => {
-            let mut v = json!({"status": "accepted", "id": a.id, "topic": a.topic, "partition": a.partition, "offset": a.offset});
-            if a.duplicate {
-                v["duplicate"] = json!(true);
-            }
-            if !a.also.is_empty() {
-                v["also"] = serde_json::to_value(&a.also).unwrap_or(Value::Null);
-            }
-            v
-        }
-        Outcome::Filtered { id, reason } => json!({"status": "filtered", "id": id, "reason": reason}),
-    }
-}
-
 /// `POST /events`: 202 with where the broker put the event, only after the broker acknowledged it.
 pub async fn publish(
     State(state): State<AppState>,
@@ -110,7 +94,8 @@ pub async fn publish(
         Outcome::Accepted(_) => StatusCode::ACCEPTED,
         Outcome::Filtered { .. } => StatusCode::OK,
     };
-    Ok((status, Json(outcome_json(&outcome))).into_response())
+    let answer = Ok(outcome);
+    Ok((status, Json(ItemResult::new(None, &answer))).into_response())
 }
 
 /// `POST /events/bulk`: JSON `{"events": [...]}` or NDJSON. Per-item results in request order; 202 when all were
@@ -207,7 +192,8 @@ pub async fn bulk(
         .collect();
     let accepted = results.iter().filter(|r| r.is_ok()).count();
     let total = results.len();
-    let items: Vec<ItemResult<'_>> = results.iter().enumerate().map(|(index, r)| ItemResult::new(index, r)).collect();
+    let items: Vec<ItemResult<'_>> =
+        results.iter().enumerate().map(|(index, r)| ItemResult::new(Some(index), r)).collect();
     if accepted == 0 {
         let unavailable = results.iter().any(|r| matches!(r, Err(e) if e.code == "broker_unavailable"));
         let throttled = results
@@ -259,10 +245,12 @@ struct BulkResponse<'a> {
     results: Vec<ItemResult<'a>>,
 }
 
-/// One item's result, serialised directly (a bulk answer has up to thousands of them).
+/// The answer for one event: the body of `POST /events`, and each item of a bulk answer (with its `index`).
+/// Serialised directly: a bulk answer has up to thousands of them.
 #[derive(Serialize)]
 struct ItemResult<'a> {
-    index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    index: Option<usize>,
     status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a schemas::EventId>,
@@ -287,7 +275,7 @@ struct ItemResult<'a> {
 }
 
 impl<'a> ItemResult<'a> {
-    fn new(index: usize, r: &'a Result<Outcome, ApiError>) -> Self {
+    fn new(index: Option<usize>, r: &'a Result<Outcome, ApiError>) -> Self {
         let mut it = ItemResult {
             index,
             status: "rejected",
