@@ -6,6 +6,7 @@
 //! - [`catalog`]: the event types and known sources, and the JSON Schema of each type's `data`.
 //! - [`event`]: the envelope as stored in Kafka and Redis, and [`event::parse_event`] for untrusted input.
 //! - [`config`]: the per-tenant stream configuration (`PUT /stream-config/{tenant}`).
+//! - [`policy`]: alert policies (rules, groups, templates), their validation and compiled evaluation.
 //! - [`field`]: `FieldError`, the one shape every validation failure takes (field path, code, message).
 
 pub mod catalog;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod event;
 pub mod field;
 pub mod ids;
+pub mod policy;
 
 pub use catalog::{Catalog, EventType};
 pub use config::StreamConfig;

@@ -1,0 +1,726 @@
+//! Alert policies: the document a tenant stores (`PUT /tenants/{tenant}/policies/{id}`), its validation, and the
+//! compiled form that the alert stream evaluates.
+//!
+//! ```json
+//! { "name": "High risk from Archer", "eventTypes": ["RISK_CREATED", "RISK_UPDATED"],
+//!   "condition": {"matchAll": true, "rules": [
+//!       {"field": "data.riskScore", "operator": "gte", "value": 80},
+//!       {"matchAll": false, "rules": [
+//!           {"field": "source", "operator": "eq", "value": "ARCHER_GRC"},
+//!           {"field": "data.owner", "operator": "regex", "value": "^sec", "caseSensitive": false}]}]},
+//!   "severity": "high", "summaryTemplate": "Risk {entityId} scored {data.riskScore}",
+//!   "messageTemplate": "{data.title} (owner {data.owner})", "groupBy": ["entityId"],
+//!   "throttleMinutes": 10, "maxAlertsPerHour": 20, "receivers": ["oncall-webhook"] }
+//! ```
+//!
+//! Compilation ([`CompiledPolicy::compile`]) happens once per stored version: paths are split, regexes built,
+//! strings lower-cased for case-insensitive rules, and numbers parsed, so that evaluating an event walks the rule
+//! tree without parsing or allocating. [`PolicySet`] indexes a tenant's policies by event type.
+
+use crate::catalog::EventType;
+use crate::field::FieldError;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+
+/// Deepest nesting of rule groups.
+pub const MAX_DEPTH: usize = 8;
+/// Most rules (and groups) in one policy.
+pub const MAX_RULES: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Operator {
+    Eq,
+    Ne,
+    Gt,
+    Lt,
+    Gte,
+    Lte,
+    In,
+    NotIn,
+    Contains,
+    Regex,
+    Exists,
+}
+
+impl Operator {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "eq" => Self::Eq,
+            "ne" => Self::Ne,
+            "gt" => Self::Gt,
+            "lt" => Self::Lt,
+            "gte" => Self::Gte,
+            "lte" => Self::Lte,
+            "in" => Self::In,
+            "not_in" => Self::NotIn,
+            "contains" => Self::Contains,
+            "regex" => Self::Regex,
+            "exists" => Self::Exists,
+            _ => return None,
+        })
+    }
+}
+
+/// One comparison on one field of the event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rule {
+    pub field: String,
+    pub operator: Operator,
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub value: Value,
+    #[serde(default = "yes")]
+    pub case_sensitive: bool,
+}
+
+/// A group of rules and groups: all must hold (`matchAll`, the default) or any.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(default = "yes")]
+    pub match_all: bool,
+    pub rules: Vec<Node>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Node {
+    Group(Condition),
+    Rule(Rule),
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A tenant's alert policy as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertPolicy {
+    pub name: String,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Only events of these types are evaluated (empty: every type).
+    #[serde(default)]
+    pub event_types: Vec<EventType>,
+    pub condition: Condition,
+    pub severity: Severity,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary_template: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_template: Option<String>,
+    /// Events with equal values at these paths update one alert instead of opening new ones.
+    #[serde(default)]
+    pub group_by: Vec<String>,
+    #[serde(default)]
+    pub throttle_minutes: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_alerts_per_hour: Option<u32>,
+    /// Names of the tenant's receivers to notify.
+    #[serde(default)]
+    pub receivers: Vec<String>,
+}
+
+/// Policy and receiver ids: 1-64 of lower-case letters, digits and `-`.
+pub fn valid_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+impl AlertPolicy {
+    /// Parses and checks a policy document; every problem names its field (`condition.rules[1].rules[0].value`).
+    pub fn from_json(v: Value) -> Result<Self, Vec<FieldError>> {
+        let p: AlertPolicy = serde_path_to_error::deserialize(v).map_err(|e| {
+            let path = e.path().to_string();
+            vec![FieldError::new(
+                if path == "." { String::new() } else { path },
+                "invalid_value",
+                e.inner().to_string(),
+            )]
+        })?;
+        let mut errs = Vec::new();
+        if p.name.trim().is_empty() || p.name.len() > 200 {
+            errs.push(FieldError::new("name", "invalid_value", "name must be 1-200 characters"));
+        }
+        for (i, g) in p.group_by.iter().enumerate() {
+            if Path::parse(g).is_none() {
+                errs.push(FieldError::new(
+                    format!("groupBy[{i}]"),
+                    "invalid_path",
+                    "a dot path into the event, e.g. `entityId`",
+                ));
+            }
+        }
+        for (i, r) in p.receivers.iter().enumerate() {
+            if !valid_id(r) {
+                errs.push(FieldError::new(
+                    format!("receivers[{i}]"),
+                    "invalid_id",
+                    "receiver ids are 1-64 of a-z, 0-9 and -",
+                ));
+            }
+        }
+        if p.max_alerts_per_hour == Some(0) {
+            errs.push(FieldError::new("maxAlertsPerHour", "out_of_range", "at least 1 (leave it out for no limit)"));
+        }
+        if let Err(mut e) = CompiledPolicy::compile_node(&Node::Group(p.condition.clone()), "condition", 0, &mut 0) {
+            errs.append(&mut e);
+        }
+        if errs.is_empty() {
+            Ok(p)
+        } else {
+            Err(errs)
+        }
+    }
+}
+
+/// Where a path starts: the envelope's top-level fields.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Path {
+    segments: Vec<String>,
+}
+
+impl Path {
+    pub fn parse(s: &str) -> Option<Self> {
+        if s.is_empty() || s.len() > 256 {
+            return None;
+        }
+        let segments: Vec<String> = s.split('.').map(str::to_string).collect();
+        segments.iter().all(|p| !p.is_empty()).then_some(Self { segments })
+    }
+
+    /// The value at this path in an event's JSON form; arrays are indexed by number.
+    pub fn get<'a>(&self, event: &'a Value) -> Option<&'a Value> {
+        let mut cur = event;
+        for seg in &self.segments {
+            cur = match cur {
+                Value::Object(m) => m.get(seg)?,
+                Value::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
+                _ => return None,
+            };
+        }
+        Some(cur)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Operand {
+    None,
+    Number(f64),
+    /// Lower-cased when the rule is case-insensitive.
+    Text(String),
+    Json(Value),
+    List(Vec<Operand>),
+    Pattern(regex::Regex),
+}
+
+#[derive(Debug, Clone)]
+enum Compiled {
+    Group { all: bool, children: Vec<Compiled> },
+    Rule { path: Path, op: Operator, operand: Operand, case_sensitive: bool },
+}
+
+/// A policy ready for evaluation.
+#[derive(Debug, Clone)]
+pub struct CompiledPolicy {
+    pub id: String,
+    pub policy: AlertPolicy,
+    root: Compiled,
+    group_by: Vec<Path>,
+}
+
+/// Why a rule matched or not, for `POST .../policies/{id}/test`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RuleTrace {
+    pub path: String,
+    pub field: String,
+    pub operator: Operator,
+    pub matched: bool,
+}
+
+fn operand(v: &Value, case_sensitive: bool) -> Operand {
+    match v {
+        Value::Null => Operand::None,
+        Value::Number(n) => n.as_f64().map_or(Operand::Json(v.clone()), Operand::Number),
+        Value::String(s) if case_sensitive => Operand::Text(s.clone()),
+        Value::String(s) => Operand::Text(s.to_lowercase()),
+        other => Operand::Json(other.clone()),
+    }
+}
+
+impl CompiledPolicy {
+    pub fn compile(id: &str, policy: AlertPolicy) -> Result<Self, Vec<FieldError>> {
+        let root = Self::compile_node(&Node::Group(policy.condition.clone()), "condition", 0, &mut 0)?;
+        let group_by = policy.group_by.iter().filter_map(|g| Path::parse(g)).collect();
+        Ok(Self { id: id.to_string(), policy, root, group_by })
+    }
+
+    fn compile_node(n: &Node, at: &str, depth: usize, count: &mut usize) -> Result<Compiled, Vec<FieldError>> {
+        *count += 1;
+        if *count > MAX_RULES {
+            return Err(vec![FieldError::new(at, "too_many", format!("at most {MAX_RULES} rules and groups"))]);
+        }
+        match n {
+            Node::Group(g) => {
+                if depth >= MAX_DEPTH {
+                    return Err(vec![FieldError::new(at, "too_deep", format!("groups nest at most {MAX_DEPTH} deep"))]);
+                }
+                if g.rules.is_empty() {
+                    return Err(vec![FieldError::new(
+                        format!("{at}.rules"),
+                        "empty",
+                        "a group needs at least one rule",
+                    )]);
+                }
+                let mut errs = Vec::new();
+                let mut children = Vec::with_capacity(g.rules.len());
+                for (i, r) in g.rules.iter().enumerate() {
+                    match Self::compile_node(r, &format!("{at}.rules[{i}]"), depth + 1, count) {
+                        Ok(c) => children.push(c),
+                        Err(mut e) => errs.append(&mut e),
+                    }
+                }
+                if errs.is_empty() {
+                    Ok(Compiled::Group { all: g.match_all, children })
+                } else {
+                    Err(errs)
+                }
+            }
+            Node::Rule(r) => {
+                let path = Path::parse(&r.field).ok_or_else(|| {
+                    vec![FieldError::new(
+                        format!("{at}.field"),
+                        "invalid_path",
+                        "a dot path into the event, e.g. `data.score`",
+                    )]
+                })?;
+                let bad =
+                    |msg: &str| Err(vec![FieldError::new(format!("{at}.value"), "invalid_value", msg.to_string())]);
+                let operand = match r.operator {
+                    Operator::Exists => Operand::None,
+                    Operator::Gt | Operator::Lt | Operator::Gte | Operator::Lte => match r.value.as_f64() {
+                        Some(n) => Operand::Number(n),
+                        None => return bad("gt, lt, gte and lte compare with a number"),
+                    },
+                    Operator::In | Operator::NotIn => match &r.value {
+                        Value::Array(a) if !a.is_empty() && a.len() <= 1000 => {
+                            Operand::List(a.iter().map(|v| operand(v, r.case_sensitive)).collect())
+                        }
+                        _ => return bad("in and not_in take a list of 1-1000 values"),
+                    },
+                    Operator::Regex => match r.value.as_str() {
+                        Some(p) => match regex::RegexBuilder::new(p)
+                            .case_insensitive(!r.case_sensitive)
+                            .size_limit(1 << 20)
+                            .build()
+                        {
+                            Ok(re) => Operand::Pattern(re),
+                            Err(e) => return bad(&format!("not a valid regular expression: {e}")),
+                        },
+                        None => return bad("regex takes a pattern string"),
+                    },
+                    Operator::Eq | Operator::Ne | Operator::Contains => {
+                        if r.value.is_null() {
+                            return bad("this operator needs a value");
+                        }
+                        operand(&r.value, r.case_sensitive)
+                    }
+                };
+                Ok(Compiled::Rule { path, op: r.operator, operand, case_sensitive: r.case_sensitive })
+            }
+        }
+    }
+
+    /// Does the event (its JSON envelope) satisfy the policy? Checks the event type and `enabled` too.
+    pub fn matches(&self, event: &Value) -> bool {
+        self.policy.enabled && self.applies_to(event) && eval(&self.root, event)
+    }
+
+    fn applies_to(&self, event: &Value) -> bool {
+        self.policy.event_types.is_empty()
+            || event
+                .get("eventType")
+                .and_then(Value::as_str)
+                .and_then(EventType::parse)
+                .is_some_and(|t| self.policy.event_types.contains(&t))
+    }
+
+    /// Every rule's verdict, depth first, for explaining a test evaluation.
+    pub fn trace(&self, event: &Value) -> (bool, Vec<RuleTrace>) {
+        let mut out = Vec::new();
+        let m = trace(&self.root, event, "condition", &mut out);
+        (self.policy.enabled && self.applies_to(event) && m, out)
+    }
+
+    /// The group key of an event: the `groupBy` values joined (missing values render as `-`).
+    pub fn group_key(&self, event: &Value) -> String {
+        let parts: Vec<String> =
+            self.group_by.iter().map(|p| p.get(event).map_or_else(|| "-".to_string(), scalar_text)).collect();
+        parts.join("|")
+    }
+}
+
+fn scalar_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn eval(c: &Compiled, e: &Value) -> bool {
+    match c {
+        Compiled::Group { all: true, children } => children.iter().all(|c| eval(c, e)),
+        Compiled::Group { all: false, children } => children.iter().any(|c| eval(c, e)),
+        Compiled::Rule { path, op, operand, case_sensitive } => rule(path.get(e), *op, operand, *case_sensitive),
+    }
+}
+
+fn trace(c: &Compiled, e: &Value, at: &str, out: &mut Vec<RuleTrace>) -> bool {
+    match c {
+        Compiled::Group { all, children } => {
+            let results: Vec<bool> =
+                children.iter().enumerate().map(|(i, c)| trace(c, e, &format!("{at}.rules[{i}]"), out)).collect();
+            if *all {
+                results.iter().all(|r| *r)
+            } else {
+                results.iter().any(|r| *r)
+            }
+        }
+        Compiled::Rule { path, op, operand, case_sensitive } => {
+            let matched = rule(path.get(e), *op, operand, *case_sensitive);
+            out.push(RuleTrace { path: at.to_string(), field: path.segments.join("."), operator: *op, matched });
+            matched
+        }
+    }
+}
+
+/// `a == b` for text; when case-insensitive, the operand is already lower-cased and the value is folded on the fly.
+fn text_eq(value: &str, operand: &str, case_sensitive: bool) -> bool {
+    if case_sensitive {
+        value == operand
+    } else {
+        value.chars().flat_map(char::to_lowercase).eq(operand.chars())
+    }
+}
+
+/// Substring test without allocating: at each character boundary, compare the folded value with the operand.
+fn text_contains(value: &str, operand: &str, case_sensitive: bool) -> bool {
+    if case_sensitive {
+        return value.contains(operand);
+    }
+    value.char_indices().map(|(i, _)| i).chain(std::iter::once(value.len())).any(|i| {
+        let mut folded = value[i..].chars().flat_map(char::to_lowercase);
+        operand.chars().all(|c| folded.next() == Some(c))
+    })
+}
+
+fn equals(v: &Value, o: &Operand, cs: bool) -> bool {
+    match (v, o) {
+        (Value::Number(n), Operand::Number(x)) => n.as_f64() == Some(*x),
+        (Value::String(s), Operand::Text(t)) => text_eq(s, t, cs),
+        (v, Operand::Json(j)) => v == j,
+        _ => false,
+    }
+}
+
+fn rule(v: Option<&Value>, op: Operator, o: &Operand, cs: bool) -> bool {
+    if op == Operator::Exists {
+        return v.is_some_and(|v| !v.is_null());
+    }
+    let Some(v) = v else {
+        // A missing field matches only the negative operators.
+        return matches!(op, Operator::Ne | Operator::NotIn);
+    };
+    match (op, o) {
+        (Operator::Eq, o) => equals(v, o, cs),
+        (Operator::Ne, o) => !equals(v, o, cs),
+        (Operator::Gt | Operator::Lt | Operator::Gte | Operator::Lte, Operand::Number(x)) => match v.as_f64() {
+            Some(n) => match op {
+                Operator::Gt => n > *x,
+                Operator::Lt => n < *x,
+                Operator::Gte => n >= *x,
+                _ => n <= *x,
+            },
+            None => false,
+        },
+        (Operator::In, Operand::List(l)) => l.iter().any(|o| equals(v, o, cs)),
+        (Operator::NotIn, Operand::List(l)) => !l.iter().any(|o| equals(v, o, cs)),
+        (Operator::Contains, o) => match (v, o) {
+            (Value::String(s), Operand::Text(t)) => text_contains(s, t, cs),
+            (Value::Array(a), o) => a.iter().any(|x| equals(x, o, cs)),
+            _ => false,
+        },
+        (Operator::Regex, Operand::Pattern(re)) => v.as_str().is_some_and(|s| re.is_match(s)),
+        _ => false,
+    }
+}
+
+/// Renders `{path}` placeholders from the event. A missing field renders visibly as `{path:missing}`; `{{` and
+/// `}}` are literal braces.
+pub fn render(template: &str, event: &Value) -> String {
+    let mut out = String::with_capacity(template.len() + 32);
+    let mut rest = template;
+    while let Some(i) = rest.find(['{', '}']) {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if tail.starts_with("{{") || tail.starts_with("}}") {
+            out.push_str(&tail[..1]);
+            rest = &tail[2..];
+            continue;
+        }
+        if tail.starts_with('}') {
+            out.push('}');
+            rest = &tail[1..];
+            continue;
+        }
+        match tail[1..].find('}') {
+            Some(end) => {
+                let name = &tail[1..1 + end];
+                match Path::parse(name).and_then(|p| p.get(event).cloned()) {
+                    Some(Value::Null) | None => {
+                        out.push('{');
+                        out.push_str(name);
+                        out.push_str(":missing}");
+                    }
+                    Some(v) => out.push_str(&scalar_text(&v)),
+                }
+                rest = &tail[end + 2..];
+            }
+            None => {
+                out.push_str(tail);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A tenant's compiled policies, indexed by the event types they apply to.
+#[derive(Debug, Default, Clone)]
+pub struct PolicySet {
+    policies: Vec<CompiledPolicy>,
+    by_type: HashMap<EventType, Vec<usize>>,
+    any_type: Vec<usize>,
+}
+
+impl PolicySet {
+    pub fn new(policies: Vec<CompiledPolicy>) -> Self {
+        let mut s = Self { policies, ..Default::default() };
+        for (i, p) in s.policies.iter().enumerate() {
+            if p.policy.event_types.is_empty() {
+                s.any_type.push(i);
+            } else {
+                for t in &p.policy.event_types {
+                    s.by_type.entry(*t).or_default().push(i);
+                }
+            }
+        }
+        s
+    }
+
+    pub fn len(&self) -> usize {
+        self.policies.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    /// The policies an event matches; only the candidates indexed for its type are evaluated.
+    pub fn matching<'a>(&'a self, event: &'a Value) -> impl Iterator<Item = &'a CompiledPolicy> + 'a {
+        let t = event.get("eventType").and_then(Value::as_str).and_then(EventType::parse);
+        let typed: &[usize] = t.and_then(|t| self.by_type.get(&t)).map_or(&[], Vec::as_slice);
+        typed
+            .iter()
+            .chain(self.any_type.iter())
+            .map(|i| &self.policies[*i])
+            .filter(move |p| p.policy.enabled && eval(&p.root, event))
+    }
+}
+
+/// The JSON object form of a policy document with its id, for API answers.
+pub fn with_id(id: &str, p: &AlertPolicy) -> Map<String, Value> {
+    let mut m = match serde_json::to_value(p) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    m.insert("id".into(), Value::String(id.to_string()));
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn policy(condition: Value) -> CompiledPolicy {
+        let p = AlertPolicy::from_json(json!({"name": "p", "severity": "high", "condition": condition})).unwrap();
+        CompiledPolicy::compile("p", p).unwrap()
+    }
+
+    fn ev() -> Value {
+        json!({"tenantId": "t", "eventType": "RISK_CREATED", "source": "ARCHER_GRC", "entityId": "risk-1",
+               "data": {"riskScore": 85, "owner": "SecOps Team", "tags": ["pci", "sox"], "nested": {"a": [1, 2]}},
+               "metadata": {"region": "eu-west-1"}})
+    }
+
+    fn one(field: &str, op: &str, value: Value, cs: bool) -> bool {
+        policy(json!({"rules": [{"field": field, "operator": op, "value": value, "caseSensitive": cs}]})).matches(&ev())
+    }
+
+    #[test]
+    fn every_operator() {
+        assert!(one("data.riskScore", "eq", json!(85), true));
+        assert!(one("data.riskScore", "eq", json!(85.0), true));
+        assert!(!one("data.riskScore", "ne", json!(85), true));
+        assert!(one("data.riskScore", "gt", json!(80), true));
+        assert!(!one("data.riskScore", "gt", json!(85), true));
+        assert!(one("data.riskScore", "gte", json!(85), true));
+        assert!(one("data.riskScore", "lt", json!(90), true));
+        assert!(one("data.riskScore", "lte", json!(85), true));
+        assert!(one("source", "in", json!(["AWS", "ARCHER_GRC"]), true));
+        assert!(one("source", "not_in", json!(["AWS"]), true));
+        assert!(one("data.owner", "contains", json!("SecOps"), true));
+        assert!(!one("data.owner", "contains", json!("secops"), true));
+        assert!(one("data.owner", "contains", json!("secops"), false));
+        assert!(one("data.tags", "contains", json!("pci"), true));
+        assert!(one("data.owner", "regex", json!("^sec"), false));
+        assert!(!one("data.owner", "regex", json!("^sec"), true));
+        assert!(one("metadata.region", "exists", Value::Null, true));
+        assert!(!one("metadata.zone", "exists", Value::Null, true));
+        assert!(one("data.nested.a.1", "eq", json!(2), true));
+        assert!(one("eventType", "eq", json!("risk_created"), false));
+        assert!(!one("eventType", "eq", json!("risk_created"), true));
+        // A missing field satisfies only the negative operators.
+        assert!(one("data.nope", "ne", json!(1), true));
+        assert!(one("data.nope", "not_in", json!([1]), true));
+        assert!(!one("data.nope", "eq", json!(1), true));
+        assert!(!one("data.nope", "gt", json!(1), true));
+    }
+
+    #[test]
+    fn and_or_and_nesting() {
+        let p = policy(json!({"matchAll": true, "rules": [
+            {"field": "data.riskScore", "operator": "gte", "value": 80},
+            {"matchAll": false, "rules": [
+                {"field": "source", "operator": "eq", "value": "AWS"},
+                {"field": "data.tags", "operator": "contains", "value": "sox"}]}]}));
+        assert!(p.matches(&ev()));
+        let mut e = ev();
+        e["data"]["tags"] = json!([]);
+        assert!(!p.matches(&e));
+        e["source"] = json!("AWS");
+        assert!(p.matches(&e));
+        let (m, trace) = p.trace(&e);
+        assert!(m);
+        assert_eq!(trace.len(), 3);
+        assert_eq!(trace[2].path, "condition.rules[1].rules[1]");
+        assert!(!trace[2].matched);
+    }
+
+    #[test]
+    fn invalid_documents_name_the_field() {
+        let bad =
+            |c: Value| AlertPolicy::from_json(json!({"name": "p", "severity": "high", "condition": c})).unwrap_err();
+        assert_eq!(
+            bad(json!({"rules": [{"field": "a", "operator": "gt", "value": "x"}]}))[0].field,
+            "condition.rules[0].value"
+        );
+        assert_eq!(
+            bad(json!({"rules": [{"field": "a", "operator": "regex", "value": "("}]}))[0].field,
+            "condition.rules[0].value"
+        );
+        assert_eq!(
+            bad(json!({"rules": [{"field": "a..b", "operator": "exists"}]}))[0].field,
+            "condition.rules[0].field"
+        );
+        assert_eq!(bad(json!({"rules": [{"matchAll": false, "rules": []}]}))[0].field, "condition.rules[0].rules");
+        let mut deep = json!({"field": "a", "operator": "exists"});
+        for _ in 0..10 {
+            deep = json!({"rules": [deep]});
+        }
+        assert_eq!(bad(deep)[0].code, "too_deep");
+        let e =
+            AlertPolicy::from_json(json!({"name": "p", "severity": "urgent", "condition": {"rules": []}})).unwrap_err();
+        assert_eq!(e[0].field, "severity");
+    }
+
+    #[test]
+    fn templates_render_and_show_missing_fields() {
+        let e = ev();
+        assert_eq!(
+            render("Risk {entityId} scored {data.riskScore} ({data.tags.0})", &e),
+            "Risk risk-1 scored 85 (pci)"
+        );
+        assert_eq!(render("user {data.user_id}", &e), "user {data.user_id:missing}");
+        assert_eq!(render("{{literal}} {unclosed", &e), "{literal} {unclosed");
+        assert_eq!(render("", &e), "");
+    }
+
+    #[test]
+    fn set_indexes_by_type() {
+        let mk = |types: Value, score: i64| {
+            let p = AlertPolicy::from_json(json!({"name": "p", "severity": "low", "eventTypes": types,
+                "condition": {"rules": [{"field": "data.riskScore", "operator": "gte", "value": score}]}}))
+            .unwrap();
+            CompiledPolicy::compile("p", p).unwrap()
+        };
+        let set =
+            PolicySet::new(vec![mk(json!(["RISK_CREATED"]), 50), mk(json!(["CONTROL_FAILED"]), 0), mk(json!([]), 90)]);
+        assert_eq!(set.matching(&ev()).count(), 1);
+        let mut e = ev();
+        e["data"]["riskScore"] = json!(95);
+        assert_eq!(set.matching(&e).count(), 2);
+    }
+
+    #[test]
+    fn group_keys() {
+        let p =
+            AlertPolicy::from_json(json!({"name": "p", "severity": "low", "groupBy": ["entityId", "metadata.zone"],
+            "condition": {"rules": [{"field": "entityId", "operator": "exists"}]}}))
+            .unwrap();
+        assert_eq!(CompiledPolicy::compile("p", p).unwrap().group_key(&ev()), "risk-1|-");
+    }
+
+    proptest::proptest! {
+        /// Numeric operators agree with Rust's comparisons on arbitrary finite numbers.
+        #[test]
+        fn numeric_operators_agree(a in -1e12f64..1e12, b in -1e12f64..1e12) {
+            let e = json!({"data": {"x": a}});
+            let check = |op: &str| policy(json!({"rules": [{"field": "data.x", "operator": op, "value": b}]})).matches(&e);
+            proptest::prop_assert_eq!(check("gt"), a > b);
+            proptest::prop_assert_eq!(check("lt"), a < b);
+            proptest::prop_assert_eq!(check("gte"), a >= b);
+            proptest::prop_assert_eq!(check("lte"), a <= b);
+            proptest::prop_assert_eq!(check("eq"), a == b);
+            proptest::prop_assert_eq!(check("ne"), a != b);
+        }
+
+        /// Case-insensitive eq and contains agree with lower-casing both sides.
+        #[test]
+        fn case_folding_agrees(s in "[a-zA-Z ]{0,12}", t in "[a-zA-Z ]{1,6}") {
+            let e = json!({"data": {"s": s}});
+            let check = |op: &str| policy(json!({"rules": [{"field": "data.s", "operator": op, "value": t, "caseSensitive": false}]})).matches(&e);
+            proptest::prop_assert_eq!(check("eq"), s.to_lowercase() == t.to_lowercase());
+            proptest::prop_assert_eq!(check("contains"), s.to_lowercase().contains(&t.to_lowercase()));
+        }
+
+        /// Rendering never panics, whatever the template.
+        #[test]
+        fn render_total(t in "\\PC{0,40}") {
+            let _ = render(&t, &ev());
+        }
+    }
+}
