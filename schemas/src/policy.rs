@@ -54,25 +54,6 @@ pub enum Operator {
     Exists,
 }
 
-impl Operator {
-    fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "eq" => Self::Eq,
-            "ne" => Self::Ne,
-            "gt" => Self::Gt,
-            "lt" => Self::Lt,
-            "gte" => Self::Gte,
-            "lte" => Self::Lte,
-            "in" => Self::In,
-            "not_in" => Self::NotIn,
-            "contains" => Self::Contains,
-            "regex" => Self::Regex,
-            "exists" => Self::Exists,
-            _ => return None,
-        })
-    }
-}
-
 /// One comparison on one field of the event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -479,9 +460,9 @@ pub fn render(template: &str, event: &Value) -> String {
             rest = &tail[2..];
             continue;
         }
-        if tail.starts_with('}') {
+        if let Some(after) = tail.strip_prefix('}') {
             out.push('}');
-            rest = &tail[1..];
+            rest = after;
             continue;
         }
         match tail[1..].find('}') {
