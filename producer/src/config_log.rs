@@ -12,6 +12,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{Message, Offset, TopicPartitionList};
+use schemas::policy::AlertPolicy;
 use schemas::{StreamConfig, TenantId, TopicName};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -32,10 +33,34 @@ const KEPT_VERDICTS: usize = 4096;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ConfigRecord {
-    Tenant { tenant: TenantId, name: String, created_at: String },
-    ApiKey { key_id: String, tenant: TenantId, hash: String, created_at: String },
-    AdminKey { hash: String },
-    StreamConfig { tenant: TenantId, version: u64, config: StreamConfig, updated_at: String },
+    Tenant {
+        tenant: TenantId,
+        name: String,
+        created_at: String,
+    },
+    ApiKey {
+        key_id: String,
+        tenant: TenantId,
+        hash: String,
+        created_at: String,
+    },
+    AdminKey {
+        hash: String,
+    },
+    StreamConfig {
+        tenant: TenantId,
+        version: u64,
+        config: StreamConfig,
+        updated_at: String,
+    },
+    /// An alert policy; `policy: None` deletes it.
+    Policy {
+        tenant: TenantId,
+        id: String,
+        version: u64,
+        policy: Option<AlertPolicy>,
+        updated_at: String,
+    },
 }
 
 impl ConfigRecord {
@@ -45,6 +70,7 @@ impl ConfigRecord {
             Self::ApiKey { key_id, .. } => format!("api-key/{key_id}"),
             Self::AdminKey { .. } => "admin-key".into(),
             Self::StreamConfig { tenant, .. } => format!("stream-config/{tenant}"),
+            Self::Policy { tenant, id, .. } => format!("policy/{tenant}/{id}"),
         }
     }
 
@@ -54,6 +80,7 @@ impl ConfigRecord {
             Self::ApiKey { .. } => "api_key",
             Self::AdminKey { .. } => "admin_key",
             Self::StreamConfig { .. } => "stream_config",
+            Self::Policy { .. } => "policy",
         }
     }
 }
@@ -110,6 +137,16 @@ pub struct State {
     keys: HashMap<String, KeyRecord>,
     admin_hash: Option<String>,
     topic_owner: HashMap<TopicName, TenantId>,
+    /// Per tenant, per policy id: the last version, and the policy unless it was deleted.
+    policies: HashMap<TenantId, BTreeMap<String, VersionedPolicy>>,
+}
+
+/// A stored policy (or the tombstone of a deleted one, which keeps its version so that ids can be reused safely).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VersionedPolicy {
+    pub version: u64,
+    pub policy: Option<AlertPolicy>,
+    pub updated_at: String,
 }
 
 impl State {
@@ -132,6 +169,17 @@ impl State {
                     return Verdict::Refused(Refusal::AdminKeyExists);
                 }
                 self.admin_hash = Some(hash);
+            }
+            ConfigRecord::Policy { tenant, id, version, policy, updated_at } => {
+                if !self.tenants.contains_key(&tenant) {
+                    return Verdict::Refused(Refusal::UnknownTenant);
+                }
+                let slot = self.policies.entry(tenant).or_default();
+                let current = slot.get(&id).map_or(0, |p| p.version);
+                if version <= current {
+                    return Verdict::Refused(Refusal::VersionConflict { current });
+                }
+                slot.insert(id, VersionedPolicy { version, policy, updated_at });
             }
             ConfigRecord::StreamConfig { tenant, version, config, updated_at } => {
                 if !self.tenants.contains_key(&tenant) {
@@ -301,6 +349,20 @@ impl ConfigLog {
                 updated_at: None,
             }))
         })
+    }
+
+    /// The tenant's policies (deleted ones left out), by id.
+    pub fn policies(&self, t: &TenantId) -> Vec<(String, VersionedPolicy)> {
+        self.read(|s| {
+            s.policies.get(t).map_or_else(Vec::new, |m| {
+                m.iter().filter(|(_, p)| p.policy.is_some()).map(|(id, p)| (id.clone(), p.clone())).collect()
+            })
+        })
+    }
+
+    /// One policy, or its tombstone (`policy: None`) when it was deleted.
+    pub fn policy(&self, t: &TenantId, id: &str) -> Option<VersionedPolicy> {
+        self.read(|s| s.policies.get(t).and_then(|m| m.get(id)).cloned())
     }
 
     pub fn has_admin_key(&self) -> bool {

@@ -2,6 +2,7 @@
 
 pub mod events;
 pub mod ops;
+pub mod policies;
 pub mod stream_config;
 pub mod tenants;
 
@@ -20,6 +21,9 @@ pub fn router(_state: AppState) -> Router<AppState> {
         .route("/tenants", post(tenants::create).get(tenants::list))
         .route("/tenants/{tenant}", get(tenants::get_one))
         .route("/tenants/{tenant}/keys", post(tenants::create_key))
+        .route("/tenants/{tenant}/policies", get(policies::list))
+        .route("/tenants/{tenant}/policies/{id}", get(policies::get_one).put(policies::put).delete(policies::delete))
+        .route("/tenants/{tenant}/policies/{id}/test", post(policies::test))
         .route("/metrics/{tenant}", get(ops::tenant_metrics))
         .route("/metrics", get(ops::prometheus))
         .route("/health", get(ops::health))
