@@ -12,7 +12,6 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{Message, Offset, TopicPartitionList};
-use schemas::policy::AlertPolicy;
 use schemas::{StreamConfig, TenantId, TopicName};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -53,12 +52,15 @@ pub enum ConfigRecord {
         config: StreamConfig,
         updated_at: String,
     },
-    /// An alert policy; `policy: None` deletes it.
-    Policy {
+    /// A tenant-owned object of a kind (alert policy, receiver), already validated by the API; `body: None`
+    /// deletes it.
+    Object {
         tenant: TenantId,
+        #[serde(rename = "object")]
+        kind: ObjectKind,
         id: String,
         version: u64,
-        policy: Option<AlertPolicy>,
+        body: Option<serde_json::Value>,
         updated_at: String,
     },
 }
@@ -70,7 +72,7 @@ impl ConfigRecord {
             Self::ApiKey { key_id, .. } => format!("api-key/{key_id}"),
             Self::AdminKey { .. } => "admin-key".into(),
             Self::StreamConfig { tenant, .. } => format!("stream-config/{tenant}"),
-            Self::Policy { tenant, id, .. } => format!("policy/{tenant}/{id}"),
+            Self::Object { tenant, kind, id, .. } => format!("{}/{tenant}/{id}", kind.as_str()),
         }
     }
 
@@ -80,7 +82,7 @@ impl ConfigRecord {
             Self::ApiKey { .. } => "api_key",
             Self::AdminKey { .. } => "admin_key",
             Self::StreamConfig { .. } => "stream_config",
-            Self::Policy { .. } => "policy",
+            Self::Object { kind, .. } => kind.as_str(),
         }
     }
 }
@@ -137,15 +139,34 @@ pub struct State {
     keys: HashMap<String, KeyRecord>,
     admin_hash: Option<String>,
     topic_owner: HashMap<TopicName, TenantId>,
-    /// Per tenant, per policy id: the last version, and the policy unless it was deleted.
-    policies: HashMap<TenantId, BTreeMap<String, VersionedPolicy>>,
+    /// Per tenant and kind, per id: the last version, and the body unless it was deleted.
+    objects: HashMap<(TenantId, ObjectKind), BTreeMap<String, VersionedObject>>,
+    /// Bumped by every applied object record, so that readers can cache what they derive from objects.
+    generation: u64,
 }
 
-/// A stored policy (or the tombstone of a deleted one, which keeps its version so that ids can be reused safely).
+/// Kinds of tenant-owned objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectKind {
+    Policy,
+    Receiver,
+}
+
+impl ObjectKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Policy => "policy",
+            Self::Receiver => "receiver",
+        }
+    }
+}
+
+/// A stored object (or the tombstone of a deleted one, which keeps its version so that ids can be reused safely).
 #[derive(Debug, Clone, PartialEq)]
-pub struct VersionedPolicy {
+pub struct VersionedObject {
     pub version: u64,
-    pub policy: Option<AlertPolicy>,
+    pub body: Option<serde_json::Value>,
     pub updated_at: String,
 }
 
@@ -170,16 +191,17 @@ impl State {
                 }
                 self.admin_hash = Some(hash);
             }
-            ConfigRecord::Policy { tenant, id, version, policy, updated_at } => {
+            ConfigRecord::Object { tenant, kind, id, version, body, updated_at } => {
                 if !self.tenants.contains_key(&tenant) {
                     return Verdict::Refused(Refusal::UnknownTenant);
                 }
-                let slot = self.policies.entry(tenant).or_default();
+                let slot = self.objects.entry((tenant, kind)).or_default();
                 let current = slot.get(&id).map_or(0, |p| p.version);
                 if version <= current {
                     return Verdict::Refused(Refusal::VersionConflict { current });
                 }
-                slot.insert(id, VersionedPolicy { version, policy, updated_at });
+                slot.insert(id, VersionedObject { version, body, updated_at });
+                self.generation += 1;
             }
             ConfigRecord::StreamConfig { tenant, version, config, updated_at } => {
                 if !self.tenants.contains_key(&tenant) {
@@ -351,18 +373,23 @@ impl ConfigLog {
         })
     }
 
-    /// The tenant's policies (deleted ones left out), by id.
-    pub fn policies(&self, t: &TenantId) -> Vec<(String, VersionedPolicy)> {
+    /// The tenant's objects of a kind (deleted ones left out), by id.
+    pub fn objects(&self, t: &TenantId, kind: ObjectKind) -> Vec<(String, VersionedObject)> {
         self.read(|s| {
-            s.policies.get(t).map_or_else(Vec::new, |m| {
-                m.iter().filter(|(_, p)| p.policy.is_some()).map(|(id, p)| (id.clone(), p.clone())).collect()
+            s.objects.get(&(t.clone(), kind)).map_or_else(Vec::new, |m| {
+                m.iter().filter(|(_, o)| o.body.is_some()).map(|(id, o)| (id.clone(), o.clone())).collect()
             })
         })
     }
 
-    /// One policy, or its tombstone (`policy: None`) when it was deleted.
-    pub fn policy(&self, t: &TenantId, id: &str) -> Option<VersionedPolicy> {
-        self.read(|s| s.policies.get(t).and_then(|m| m.get(id)).cloned())
+    /// One object, or its tombstone (`body: None`) when it was deleted.
+    pub fn object(&self, t: &TenantId, kind: ObjectKind, id: &str) -> Option<VersionedObject> {
+        self.read(|s| s.objects.get(&(t.clone(), kind)).and_then(|m| m.get(id)).cloned())
+    }
+
+    /// Changes whenever any tenant's objects change.
+    pub fn generation(&self) -> u64 {
+        self.read(|s| s.generation)
     }
 
     pub fn has_admin_key(&self) -> bool {

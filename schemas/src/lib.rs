@@ -7,6 +7,7 @@
 //! - [`event`]: the envelope as stored in Kafka and Redis, and [`event::parse_event`] for untrusted input.
 //! - [`config`]: the per-tenant stream configuration (`PUT /stream-config/{tenant}`).
 //! - [`policy`]: alert policies (rules, groups, templates), their validation and compiled evaluation.
+//! - [`receiver`]: alert receivers (webhook, Slack, PagerDuty, Teams) with secrets that never print.
 //! - [`field`]: `FieldError`, the one shape every validation failure takes (field path, code, message).
 
 pub mod catalog;
@@ -16,6 +17,7 @@ pub mod event;
 pub mod field;
 pub mod ids;
 pub mod policy;
+pub mod receiver;
 
 pub use catalog::{Catalog, EventType};
 pub use config::StreamConfig;

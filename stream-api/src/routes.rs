@@ -1,6 +1,7 @@
 //! The routes. Handlers live in one file per resource.
 
 pub mod events;
+pub mod objects;
 pub mod ops;
 pub mod policies;
 pub mod stream_config;
@@ -10,6 +11,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use axum::routing::{get, post};
 use axum::Router;
+use objects::{Policies, Receivers};
 
 pub fn router(_state: AppState) -> Router<AppState> {
     Router::new()
@@ -21,8 +23,16 @@ pub fn router(_state: AppState) -> Router<AppState> {
         .route("/tenants", post(tenants::create).get(tenants::list))
         .route("/tenants/{tenant}", get(tenants::get_one))
         .route("/tenants/{tenant}/keys", post(tenants::create_key))
-        .route("/tenants/{tenant}/policies", get(policies::list))
-        .route("/tenants/{tenant}/policies/{id}", get(policies::get_one).put(policies::put).delete(policies::delete))
+        .route("/tenants/{tenant}/policies", get(objects::list::<Policies>))
+        .route(
+            "/tenants/{tenant}/policies/{id}",
+            get(objects::get_one::<Policies>).put(objects::put::<Policies>).delete(objects::delete::<Policies>),
+        )
+        .route("/tenants/{tenant}/receivers", get(objects::list::<Receivers>))
+        .route(
+            "/tenants/{tenant}/receivers/{id}",
+            get(objects::get_one::<Receivers>).put(objects::put::<Receivers>).delete(objects::delete::<Receivers>),
+        )
         .route("/tenants/{tenant}/policies/{id}/test", post(policies::test))
         .route("/metrics/{tenant}", get(ops::tenant_metrics))
         .route("/metrics", get(ops::prometheus))

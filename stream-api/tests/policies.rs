@@ -158,3 +158,29 @@ async fn policies_are_isolated_and_replicated() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Receivers are stored like policies, validated with the field named, and never show their secrets.
+#[tokio::test]
+async fn receivers_hide_their_secrets() {
+    let app = TestApp::start().await;
+    let (tenant, key) = app.tenant().await;
+    let path = format!("/tenants/{tenant}/receivers/oncall");
+    let doc =
+        json!({"type": "webhook", "url": "http://127.0.0.1:9/hook/very-secret-token", "secret": "hmac-secret-value"});
+    let r = app.put(&path, &key, &doc, None).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    for body in [
+        r.body.clone(),
+        app.get(&path, &key).await.body,
+        app.get(&format!("/tenants/{tenant}/receivers"), &key).await.body,
+    ] {
+        let text = body.to_string();
+        assert!(!text.contains("very-secret-token") && !text.contains("hmac-secret-value"), "secret shown: {text}");
+    }
+    assert_eq!(app.get(&path, &key).await.body["url"], "****oken");
+    let r = app.put(&path, &key, &json!({"type": "slack", "webhookUrl": "not a url"}), None).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.body["errors"][0]["field"], "webhookUrl");
+    let r = app.put(&path, &key, &json!({"type": "pagerduty", "routingKey": "R0UT1NGKEY", "extra": 1}), None).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+}

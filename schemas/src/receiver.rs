@@ -1,0 +1,162 @@
+//! Alert receivers: where a tenant's alerts are delivered. Secrets (webhook URLs, signing secrets, routing keys)
+//! are held in [`Secret`], which never prints its value and is masked in API answers.
+
+use crate::field::FieldError;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+use std::fmt;
+
+/// A secret value. `Debug` and `Display` print `***`; serialising it for an API answer masks it (see
+/// [`Receiver::masked`]); only the delivery code reads it with [`Secret::expose`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// `****` plus the last 4 characters, for showing which secret is configured.
+    pub fn hint(&self) -> String {
+        let tail: String = self.0.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
+        format!("****{tail}")
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+// Stored in the configuration log in clear (that topic must be protected like a secret store); never logged.
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Receiver {
+    /// Generic webhook: JSON body, `X-Evstream-Signature: sha256=<hex HMAC of the body>` when a secret is set.
+    Webhook {
+        url: Secret,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secret: Option<Secret>,
+    },
+    /// Slack incoming webhook.
+    Slack {
+        #[serde(rename = "webhookUrl")]
+        webhook_url: Secret,
+    },
+    /// PagerDuty Events API v2.
+    Pagerduty {
+        #[serde(rename = "routingKey")]
+        routing_key: Secret,
+        /// The Events API endpoint; default `https://events.pagerduty.com/v2/enqueue`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
+    },
+    /// Microsoft Teams incoming webhook.
+    Teams {
+        #[serde(rename = "webhookUrl")]
+        webhook_url: Secret,
+    },
+}
+
+pub const PAGERDUTY_EVENTS_URL: &str = "https://events.pagerduty.com/v2/enqueue";
+
+fn http_url(s: &str) -> bool {
+    (s.starts_with("https://") || s.starts_with("http://")) && s.len() <= 2048 && !s.chars().any(char::is_whitespace)
+}
+
+impl Receiver {
+    pub fn from_json(v: Value) -> Result<Self, Vec<FieldError>> {
+        let r: Receiver = serde_path_to_error::deserialize(v).map_err(|e| {
+            let path = e.path().to_string();
+            vec![FieldError::new(
+                if path == "." { "type".to_string() } else { path },
+                "invalid_value",
+                e.inner().to_string(),
+            )]
+        })?;
+        let bad = |f: &str| Err(vec![FieldError::new(f, "invalid_url", "an http(s) URL")]);
+        match &r {
+            Receiver::Webhook { url, .. } if !http_url(url.expose()) => bad("url"),
+            Receiver::Slack { webhook_url } | Receiver::Teams { webhook_url } if !http_url(webhook_url.expose()) => {
+                bad("webhookUrl")
+            }
+            Receiver::Pagerduty { url: Some(u), .. } if !http_url(u) => bad("url"),
+            Receiver::Pagerduty { routing_key, .. }
+                if routing_key.expose().is_empty() || routing_key.expose().len() > 64 =>
+            {
+                Err(vec![FieldError::new("routingKey", "invalid_value", "a PagerDuty integration (routing) key")])
+            }
+            _ => Ok(r),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Receiver::Webhook { .. } => "webhook",
+            Receiver::Slack { .. } => "slack",
+            Receiver::Pagerduty { .. } => "pagerduty",
+            Receiver::Teams { .. } => "teams",
+        }
+    }
+
+    /// The receiver as an API answer shows it: every secret masked.
+    pub fn masked(&self) -> Value {
+        match self {
+            Receiver::Webhook { url, secret } => {
+                serde_json::json!({"type": "webhook", "url": url.hint(), "secret": secret.as_ref().map(Secret::hint)})
+            }
+            Receiver::Slack { webhook_url } => serde_json::json!({"type": "slack", "webhookUrl": webhook_url.hint()}),
+            Receiver::Pagerduty { routing_key, url } => {
+                serde_json::json!({"type": "pagerduty", "routingKey": routing_key.hint(), "url": url})
+            }
+            Receiver::Teams { webhook_url } => serde_json::json!({"type": "teams", "webhookUrl": webhook_url.hint()}),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn secrets_never_print() {
+        let r = Receiver::from_json(
+            json!({"type": "slack", "webhookUrl": "https://hooks.slack.com/services/T0/B0/abcdefsecret"}),
+        )
+        .unwrap();
+        assert!(!format!("{r:?}").contains("abcdef"));
+        assert_eq!(r.masked()["webhookUrl"], "****cret");
+    }
+
+    #[test]
+    fn validation_names_fields() {
+        assert_eq!(Receiver::from_json(json!({"type": "webhook", "url": "ftp://x"})).unwrap_err()[0].field, "url");
+        assert_eq!(Receiver::from_json(json!({"type": "pager"})).unwrap_err()[0].field, "type");
+        assert_eq!(
+            Receiver::from_json(json!({"type": "pagerduty", "routingKey": ""})).unwrap_err()[0].field,
+            "routingKey"
+        );
+    }
+}
