@@ -1,1 +1,256 @@
-//! placeholder
+//! evstream's alert stream: a Kafka consumer group over the event topics that evaluates each tenant's alert
+//! policies, raises and groups alerts (state in Redis, transitions on the alerts topic), and delivers
+//! notifications to the tenant's receivers without blocking the consumer.
+//!
+//! Layout:
+//! - [`run`] (this file): the consumer loop — at-least-once (offsets stored after an event is fully handled),
+//!   the per-tenant compiled policy cache, and the dispatch of notifications.
+//! - [`notify`]: each receiver's wire format (webhook with HMAC signature, Slack, PagerDuty Events v2, Teams) and
+//!   delivery with retries, backoff, jitter and `Retry-After`.
+//!
+//! Two processes in one consumer group split the partitions; a tenant's events are on one partition (key =
+//! tenant), so one process at a time handles a tenant, and raising is idempotent per event, so redelivery after a
+//! restart raises nothing twice.
+
+pub mod notify;
+
+use futures::StreamExt;
+use notify::DeliveryPolicy;
+use producer::alerts::{Alert, AlertStore, Firing, Raised, Transition};
+use producer::config_log::{ConfigLog, ObjectKind};
+use producer::sinks::kafka::KafkaSink;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Message, OwnedHeaders};
+use schemas::policy::{render, AlertPolicy, CompiledPolicy, PolicySet};
+use schemas::receiver::Receiver;
+use schemas::TenantId;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct AlertStreamConfig {
+    pub brokers: String,
+    /// Event topics to evaluate (the shared events topic; tenant topics known at start are added).
+    pub topics: Vec<String>,
+    pub alerts_topic: String,
+    pub deadletter_topic: String,
+    pub group_id: String,
+    /// `earliest` or `latest`: where a new consumer group starts.
+    pub start_from: String,
+    pub session_timeout_ms: u64,
+    pub delivery: DeliveryPolicy,
+    /// Notifications in flight at once, across tenants.
+    pub max_deliveries: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AlertStreamError {
+    #[error("kafka consumer failed")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+}
+
+/// A tenant's compiled policies, rebuilt when the configuration log changes.
+struct PolicyCache {
+    generation: u64,
+    sets: HashMap<TenantId, Arc<PolicySet>>,
+}
+
+struct Ctx {
+    cfg: AlertStreamConfig,
+    configs: ConfigLog,
+    store: AlertStore,
+    kafka: KafkaSink,
+    http: reqwest::Client,
+    cache: Mutex<PolicyCache>,
+    deliveries: Arc<tokio::sync::Semaphore>,
+}
+
+impl Ctx {
+    fn policies(&self, t: &TenantId) -> Arc<PolicySet> {
+        let generation = self.configs.generation();
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.generation != generation {
+            cache.sets.clear();
+            cache.generation = generation;
+        }
+        if let Some(s) = cache.sets.get(t) {
+            return s.clone();
+        }
+        let compiled: Vec<CompiledPolicy> = self
+            .configs
+            .objects(t, ObjectKind::Policy)
+            .into_iter()
+            .filter_map(|(id, o)| {
+                let p = AlertPolicy::from_json(o.body?).ok()?;
+                CompiledPolicy::compile(&id, p).ok()
+            })
+            .collect();
+        let set = Arc::new(PolicySet::new(compiled));
+        cache.sets.insert(t.clone(), set.clone());
+        set
+    }
+
+    fn receiver(&self, t: &TenantId, id: &str) -> Option<Receiver> {
+        let o = self.configs.object(t, ObjectKind::Receiver, id)?;
+        serde_json::from_value(o.body?).ok()
+    }
+
+    /// Sends one transition to each of the policy's receivers, each on its own task: a slow receiver delays
+    /// nothing else. Attempts go to the alert's history; failures after the last retry to the dead-letter topic.
+    fn notify(self: &Arc<Self>, tenant: &TenantId, receivers: &[String], kind: &str, alert: &Alert) {
+        for rid in receivers {
+            let Some(r) = self.receiver(tenant, rid) else {
+                tracing::warn!(receiver = %rid, "policy names an unknown receiver");
+                continue;
+            };
+            let Some(req) = notify::request(&r, kind, alert) else { continue };
+            let (ctx, rid, kind, alert, rkind) = (self.clone(), rid.clone(), kind.to_string(), alert.clone(), r.kind());
+            tokio::spawn(async move {
+                let Ok(_permit) = ctx.deliveries.clone().acquire_owned().await else { return };
+                let d = notify::deliver(&ctx.http, &ctx.cfg.delivery, &rid, &req.url, &req.body, &req.headers).await;
+                metrics::counter!("evstream_alert_notifications_total", "receiver" => rkind, "result" => if d.ok { "ok" } else { d.reason }).increment(1);
+                for a in &d.attempts {
+                    ctx.store.record(&alert.tenant_id, &alert.id, a).await;
+                }
+                if !d.ok {
+                    let dl = notify::dead_letter(&rid, &kind, d.reason, &alert);
+                    let payload = serde_json::to_vec(&dl).unwrap_or_default();
+                    if let Err(e) =
+                        ctx.kafka.send(&ctx.cfg.deadletter_topic, &alert.id, &payload, OwnedHeaders::new(), false).await
+                    {
+                        tracing::warn!(error = %e, "alert dead letter not written");
+                    }
+                }
+            });
+        }
+    }
+
+    /// Evaluates one event; raises what matches.
+    async fn on_event(self: &Arc<Self>, event: &Value) {
+        let Some(tenant) = schemas::event::peek_tenant(event) else { return };
+        let set = self.policies(&tenant);
+        if set.is_empty() {
+            return;
+        }
+        let event_id = event.get("id").and_then(Value::as_str).unwrap_or_default();
+        for p in set.matching(event) {
+            let pol = &p.policy;
+            let group_key = p.group_key(event);
+            let firing = Firing {
+                tenant: &tenant,
+                policy_id: &p.id,
+                group_key: &group_key,
+                severity: pol.severity,
+                summary: pol.summary_template.as_deref().map_or_else(|| pol.name.clone(), |t| render(t, event)),
+                message: pol.message_template.as_deref().map(|t| render(t, event)),
+                event_id,
+                throttle_minutes: pol.throttle_minutes,
+                max_alerts_per_hour: pol.max_alerts_per_hour,
+            };
+            match self.store.raise(firing).await {
+                Ok(Raised::Opened { alert, reopened }) => {
+                    metrics::counter!("evstream_alerts_raised_total", "severity" => alert.severity.as_str())
+                        .increment(1);
+                    self.notify(&tenant, &pol.receivers, if reopened { "reopened" } else { "opened" }, &alert);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "alert not raised (redis unavailable)"),
+            }
+        }
+    }
+
+    /// Acknowledge/resolve made through the API: forwarded to the receivers that follow them (PagerDuty).
+    async fn on_transition(self: &Arc<Self>, t: &Transition) {
+        if t.by != "api" {
+            return;
+        }
+        let Ok(tenant) = TenantId::new(t.alert.tenant_id.as_str()) else { return };
+        let receivers = self
+            .configs
+            .object(&tenant, ObjectKind::Policy, &t.alert.policy_id)
+            .and_then(|o| o.body)
+            .and_then(|b| AlertPolicy::from_json(b).ok())
+            .map(|p| p.receivers)
+            .unwrap_or_default();
+        self.notify(&tenant, &receivers, &t.kind, &t.alert);
+    }
+}
+
+/// Runs the consumer until `shutdown` resolves.
+pub async fn run(
+    cfg: AlertStreamConfig,
+    configs: ConfigLog,
+    store: AlertStore,
+    kafka: KafkaSink,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AlertStreamError> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &cfg.brokers)
+        .set("group.id", &cfg.group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", &cfg.start_from)
+        .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
+        .set("heartbeat.interval.ms", (cfg.session_timeout_ms / 3).max(100).to_string())
+        .set("topic.metadata.refresh.interval.ms", "5000")
+        .create()?;
+    let mut topics: Vec<String> = cfg.topics.clone();
+    for t in configs.tenants() {
+        if let Some(c) = configs.stream_config(&t.id) {
+            topics.extend(c.config.topics.iter().map(ToString::to_string));
+        }
+    }
+    topics.push(cfg.alerts_topic.clone());
+    topics.sort();
+    topics.dedup();
+    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&refs)?;
+    tracing::info!(topics = refs.len(), group = %cfg.group_id, "alert stream consuming");
+    let http = reqwest::Client::builder().pool_max_idle_per_host(8).build().unwrap_or_default();
+    let ctx = Arc::new(Ctx {
+        deliveries: Arc::new(tokio::sync::Semaphore::new(cfg.max_deliveries)),
+        cache: Mutex::new(PolicyCache { generation: u64::MAX, sets: HashMap::new() }),
+        cfg,
+        configs,
+        store,
+        kafka,
+        http,
+    });
+    let mut stream = consumer.stream();
+    tokio::pin!(shutdown);
+    loop {
+        let msg = tokio::select! {
+            _ = &mut shutdown => break,
+            m = stream.next() => m,
+        };
+        let Some(msg) = msg else { break };
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "alert stream read failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        if let Some(payload) = msg.payload() {
+            if msg.topic() == ctx.cfg.alerts_topic {
+                if let Ok(t) = serde_json::from_slice::<Transition>(payload) {
+                    ctx.on_transition(&t).await;
+                }
+            } else if let Ok(event) = serde_json::from_slice::<Value>(payload) {
+                ctx.on_event(&event).await;
+            }
+        }
+        // At-least-once: the offset is stored only once the event is fully handled.
+        if let Err(e) = consumer.store_offset_from_message(&msg) {
+            tracing::warn!(error = %e, "offset not stored");
+        }
+    }
+    drop(stream);
+    let _ = consumer.commit_consumer_state(CommitMode::Sync);
+    Ok(())
+}

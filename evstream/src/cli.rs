@@ -48,6 +48,24 @@ pub struct Common {
     /// The dead-letter topic.
     #[arg(long, env = "EVSTREAM_DEADLETTER_TOPIC", default_value = "evstream.deadletter")]
     pub deadletter_topic: String,
+    /// Alert transitions, keyed by alert id.
+    #[arg(long, env = "EVSTREAM_ALERTS_TOPIC", default_value = "evstream.alerts")]
+    pub alerts_topic: String,
+    /// Notifications that could not be delivered after the last retry.
+    #[arg(long, env = "EVSTREAM_ALERTS_DEADLETTER_TOPIC", default_value = "evstream.alerts.deadletter")]
+    pub alerts_deadletter_topic: String,
+    /// Consumer group of the alert stream (every `evstream alerts` process of a deployment shares it).
+    #[arg(long, env = "EVSTREAM_ALERTS_GROUP", default_value = "evstream-alerts")]
+    pub alerts_group: String,
+    /// Where a new alert consumer group starts: `latest` (only new events) or `earliest`.
+    #[arg(long, env = "EVSTREAM_ALERTS_START_FROM", default_value = "latest", value_parser = ["latest", "earliest"])]
+    pub alerts_start_from: String,
+    /// Consumer-group session timeout of the alert stream.
+    #[arg(long, env = "EVSTREAM_ALERTS_SESSION_TIMEOUT_MS", default_value_t = 10000)]
+    pub alerts_session_timeout_ms: u64,
+    /// Delivery attempts per notification before it goes to the alerts dead-letter topic.
+    #[arg(long, env = "EVSTREAM_ALERTS_DELIVERY_ATTEMPTS", default_value_t = 5)]
+    pub alerts_delivery_attempts: u32,
     /// Partitions of the topics evstream creates.
     #[arg(long, env = "EVSTREAM_PARTITIONS", default_value_t = 6)]
     pub partitions: i32,

@@ -21,8 +21,9 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         match cli.command {
-            cli::Command::Serve(o) | cli::Command::Api(o) => platform::run_api(o).await,
-            cli::Command::Alerts(o) => platform::run_unavailable_role("alerts", &o),
+            cli::Command::Serve(o) => platform::run(o, platform::Roles { api: true, alerts: true }).await,
+            cli::Command::Api(o) => platform::run(o, platform::Roles { api: true, alerts: false }).await,
+            cli::Command::Alerts(o) => platform::run(o, platform::Roles { api: false, alerts: true }).await,
             cli::Command::ChangeFeed(o) => platform::run_unavailable_role("change-feed", &o),
             cli::Command::Bench(b) => bench::run(b).await,
             cli::Command::NoisyNeighbour(n) => noisy::run(n).await,

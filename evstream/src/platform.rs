@@ -23,6 +23,8 @@ pub fn settings(o: &Common) -> Settings {
         events_topic: o.events_topic.clone(),
         config_topic: o.config_topic.clone(),
         deadletter_topic: o.deadletter_topic.clone(),
+        alerts_topic: o.alerts_topic.clone(),
+        alerts_deadletter_topic: o.alerts_deadletter_topic.clone(),
         idempotency_window: Duration::from_secs(o.idempotency_window_secs),
         default_quota: schemas::config::Quota {
             events_per_second: o.quota_events_per_sec,
@@ -60,17 +62,71 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested; draining");
 }
 
-pub async fn run_api(o: Common) -> anyhow::Result<()> {
+pub fn alert_config(o: &Common) -> alert_stream::AlertStreamConfig {
+    alert_stream::AlertStreamConfig {
+        brokers: o.kafka_brokers.clone(),
+        topics: vec![o.events_topic.clone()],
+        alerts_topic: o.alerts_topic.clone(),
+        deadletter_topic: o.alerts_deadletter_topic.clone(),
+        group_id: o.alerts_group.clone(),
+        start_from: o.alerts_start_from.clone(),
+        session_timeout_ms: o.alerts_session_timeout_ms,
+        delivery: alert_stream::notify::DeliveryPolicy {
+            attempts: o.alerts_delivery_attempts.max(1),
+            base_backoff: Duration::from_millis(500),
+            timeout: Duration::from_secs(10),
+        },
+        max_deliveries: 1000,
+    }
+}
+
+/// Which roles this process runs.
+pub struct Roles {
+    pub api: bool,
+    pub alerts: bool,
+}
+
+pub async fn run(o: Common, roles: Roles) -> anyhow::Result<()> {
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
     let started = bootstrap::start(&settings(&o), Some(prometheus)).await?;
     if let Some(key) = &started.generated_admin_key {
         // Printed once, on purpose, to stdout only: it is the bootstrap credential.
         println!("evstream admin key (shown once, store it): {key}");
     }
-    let listener = tokio::net::TcpListener::bind(&o.listen).await?;
-    tracing::info!(addr = %listener.local_addr()?, "evstream api listening");
     let state = started.state.clone();
-    stream_api::run(started.state, listener, shutdown_signal()).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    if roles.alerts {
+        let p = &state.pipeline;
+        let (configs, store, kafka) = (p.configs().clone(), state.alerts.clone(), p.kafka().clone());
+        let cfg = alert_config(&o);
+        let stop = stopped();
+        tasks.spawn(
+            async move { alert_stream::run(cfg, configs, store, kafka, stop).await.map_err(anyhow::Error::from) },
+        );
+    }
+    if roles.api {
+        let listener = tokio::net::TcpListener::bind(&o.listen).await?;
+        tracing::info!(addr = %listener.local_addr()?, "evstream api listening");
+        let stop = stopped();
+        let st = started.state;
+        tasks.spawn(async move { stream_api::run(st, listener, stop).await.map_err(anyhow::Error::from) });
+    }
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        Some(r) = tasks.join_next() => {
+            // A role ended by itself: that is a failure; stop the others.
+            tracing::error!(result = ?r.as_ref().map(|x| x.as_ref().map_err(ToString::to_string)), "a role stopped");
+        }
+    }
+    let _ = stop_tx.send(true);
+    while tasks.join_next().await.is_some() {}
     state.pipeline.kafka().flush(Duration::from_secs(10)).await;
     tracing::info!("stopped");
     Ok(())

@@ -3,6 +3,7 @@
 
 use crate::state::{ApiConfig, AppState};
 use metrics_exporter_prometheus::PrometheusHandle;
+use producer::alerts::AlertStore;
 use producer::config_log::{ConfigLog, ConfigLogConfig, ConfigRecord, Verdict};
 use producer::dead_letter::DeadLetters;
 use producer::idempotency::{Idempotency, IdempotencyConfig};
@@ -26,6 +27,9 @@ pub struct Settings {
     pub events_topic: String,
     pub config_topic: String,
     pub deadletter_topic: String,
+    /// Alert transitions (keyed by alert id) and undeliverable notifications.
+    pub alerts_topic: String,
+    pub alerts_deadletter_topic: String,
     pub api: ApiConfig,
     /// How long a seen event id / Idempotency-Key is remembered.
     pub idempotency_window: Duration,
@@ -64,6 +68,8 @@ pub async fn start(s: &Settings, prometheus: Option<PrometheusHandle>) -> Result
             spec(&s.config_topic, true, 1),
             spec(&s.events_topic, false, s.api.partitions),
             spec(&s.deadletter_topic, false, s.api.partitions),
+            spec(&s.alerts_topic, false, s.api.partitions),
+            spec(&s.alerts_deadletter_topic, false, s.api.partitions),
         ])
         .await?;
     let configs = ConfigLog::start(
@@ -110,7 +116,8 @@ pub async fn start(s: &Settings, prometheus: Option<PrometheusHandle>) -> Result
         },
     );
     let quotas = Quotas::new(redis.connection(), s.default_quota.clone());
+    let alerts = AlertStore::new(redis_conn.clone(), kafka.clone(), s.alerts_topic.clone());
     let pipeline =
         Pipeline::new(pcfg, Parts { kafka, redis, configs, stats, dead, topics: topics.clone(), idempotency, quotas });
-    Ok(Started { state: AppState::new(pipeline, s.api.clone(), prometheus, topics), generated_admin_key })
+    Ok(Started { state: AppState::new(pipeline, s.api.clone(), prometheus, topics, alerts), generated_admin_key })
 }

@@ -1,5 +1,6 @@
 //! The routes. Handlers live in one file per resource.
 
+pub mod alerts;
 pub mod events;
 pub mod objects;
 pub mod ops;
@@ -28,6 +29,10 @@ pub fn router(_state: AppState) -> Router<AppState> {
             "/tenants/{tenant}/policies/{id}",
             get(objects::get_one::<Policies>).put(objects::put::<Policies>).delete(objects::delete::<Policies>),
         )
+        .route("/tenants/{tenant}/alerts", get(alerts::list))
+        .route("/tenants/{tenant}/alerts/{id}", get(alerts::get_one))
+        .route("/tenants/{tenant}/alerts/{id}/acknowledge", post(alerts::acknowledge))
+        .route("/tenants/{tenant}/alerts/{id}/resolve", post(alerts::resolve))
         .route("/tenants/{tenant}/receivers", get(objects::list::<Receivers>))
         .route(
             "/tenants/{tenant}/receivers/{id}",

@@ -1,6 +1,7 @@
 //! Shared state of the HTTP API.
 
 use metrics_exporter_prometheus::PrometheusHandle;
+use producer::alerts::AlertStore;
 use producer::topics::Topics;
 use producer::Pipeline;
 use std::sync::Arc;
@@ -49,11 +50,19 @@ pub struct AppState {
     pub topics: Arc<Topics>,
     pub in_flight: Arc<Semaphore>,
     pub sse_streams: Arc<Semaphore>,
+    pub alerts: AlertStore,
 }
 
 impl AppState {
-    pub fn new(pipeline: Pipeline, cfg: ApiConfig, prometheus: Option<PrometheusHandle>, topics: Arc<Topics>) -> Self {
+    pub fn new(
+        pipeline: Pipeline,
+        cfg: ApiConfig,
+        prometheus: Option<PrometheusHandle>,
+        topics: Arc<Topics>,
+        alerts: AlertStore,
+    ) -> Self {
         Self {
+            alerts,
             pipeline,
             in_flight: Arc::new(Semaphore::new(cfg.max_in_flight)),
             sse_streams: Arc::new(Semaphore::new(cfg.max_sse_streams)),

@@ -1,0 +1,276 @@
+//! The alert stream end to end, against the real broker and Redis and real HTTP receivers on 127.0.0.1 that
+//! record what they get: policy match -> alert -> webhook (HMAC-signed), Slack, PagerDuty Events v2 and Teams
+//! payloads; grouping; acknowledge/resolve forwarded to PagerDuty with the same dedup key; retries, then the
+//! dead-letter topic.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use producer::sinks::kafka::KafkaSinkConfig;
+use schemas::config::Quota;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use stream_api::bootstrap::{self, Settings};
+use stream_api::ApiConfig;
+use tower::ServiceExt;
+
+const ADMIN: &str = "alerts-admin";
+
+/// One received request: receiver name, headers, JSON body.
+type Received = (String, HashMap<String, String>, Value);
+
+#[derive(Clone, Default)]
+struct Recorder {
+    got: Arc<Mutex<Vec<Received>>>,
+    calls: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// `/flaky` fails twice then succeeds; `/broken` always fails; `/slow429` asks to retry after 1 s once.
+async fn receive(
+    State(r): State<Recorder>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, HeaderMap) {
+    let n = {
+        let mut c = r.calls.lock().expect("lock");
+        let n = c.entry(name.clone()).or_default();
+        *n += 1;
+        *n
+    };
+    let mut out = HeaderMap::new();
+    let status = match name.as_str() {
+        "flaky" if n <= 2 => StatusCode::INTERNAL_SERVER_ERROR,
+        "broken" => StatusCode::SERVICE_UNAVAILABLE,
+        "slow429" if n == 1 => {
+            out.insert("retry-after", "1".parse().expect("header"));
+            StatusCode::TOO_MANY_REQUESTS
+        }
+        _ => StatusCode::OK,
+    };
+    if status == StatusCode::OK {
+        let h = headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string())).collect();
+        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        // Keep the raw body for signature checks.
+        let mut v = v;
+        v["__raw"] = Value::String(String::from_utf8_lossy(&body).into_owned());
+        r.got.lock().expect("lock").push((name, h, v));
+    }
+    (status, out)
+}
+
+impl Recorder {
+    fn of(&self, name: &str) -> Vec<(HashMap<String, String>, Value)> {
+        self.got
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(n, _, _)| n == name)
+            .map(|(_, h, v)| (h.clone(), v.clone()))
+            .collect()
+    }
+    async fn wait(&self, name: &str, n: usize, secs: u64) -> Vec<(HashMap<String, String>, Value)> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let got = self.of(name);
+            if got.len() >= n || Instant::now() > deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn call(app: &Router, method: &str, path: &str, key: &str, body: Option<Value>) -> (StatusCode, Value) {
+    let mut b =
+        axum::http::Request::builder().method(method).uri(path).header("authorization", format!("Bearer {key}"));
+    if body.is_some() {
+        b = b.header("content-type", "application/json");
+    }
+    let req = b.body(axum::body::Body::from(body.map(|v| v.to_string()).unwrap_or_default())).expect("request");
+    let res = app.clone().oneshot(req).await.expect("infallible");
+    let status = res.status();
+    let bytes = axum::body::to_bytes(res.into_body(), 1 << 20).await.expect("body");
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn policies_raise_alerts_and_receivers_get_their_payloads() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .try_init();
+    // Receivers.
+    let rec = Recorder::default();
+    let recv_app = Router::new().route("/{name}", post(receive)).with_state(rec.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, recv_app).await });
+
+    // evstream API + alert stream against the real services.
+    let settings = Settings {
+        kafka: KafkaSinkConfig { brokers: testkit::kafka_brokers(), linger_ms: 1, ..KafkaSinkConfig::default() },
+        redis_url: testkit::redis_url(),
+        redis_queue: 1000,
+        admin_key: Some(ADMIN.into()),
+        events_topic: testkit::unique("evstream.events"),
+        config_topic: testkit::unique("evstream.config"),
+        deadletter_topic: testkit::unique("evstream.deadletter"),
+        alerts_topic: testkit::unique("evstream.alerts"),
+        alerts_deadletter_topic: testkit::unique("evstream.alerts.deadletter"),
+        api: ApiConfig { partitions: 2, ..ApiConfig::default() },
+        idempotency_window: Duration::from_secs(600),
+        default_quota: Quota { events_per_second: 100_000, bytes_per_second: 1 << 30, burst_seconds: 2 },
+    };
+    let started = bootstrap::start(&settings, None).await.expect("start");
+    let state = started.state.clone();
+    let app = stream_api::app(started.state);
+    let cfg = alert_stream::AlertStreamConfig {
+        brokers: settings.kafka.brokers.clone(),
+        topics: vec![settings.events_topic.clone()],
+        alerts_topic: settings.alerts_topic.clone(),
+        deadletter_topic: settings.alerts_deadletter_topic.clone(),
+        group_id: testkit::unique("alerts-group"),
+        start_from: "earliest".into(),
+        session_timeout_ms: 6000,
+        delivery: alert_stream::notify::DeliveryPolicy {
+            attempts: 3,
+            base_backoff: Duration::from_millis(100),
+            timeout: Duration::from_secs(2),
+        },
+        max_deliveries: 100,
+    };
+    let (configs, store, kafka) =
+        (state.pipeline.configs().clone(), state.alerts.clone(), state.pipeline.kafka().clone());
+    tokio::spawn(alert_stream::run(cfg, configs, store, kafka, std::future::pending()));
+
+    // Tenant, receivers, policies.
+    let tenant = testkit::unique("tenant");
+    assert_eq!(call(&app, "POST", "/tenants", ADMIN, Some(json!({"id": tenant}))).await.0, StatusCode::CREATED);
+    let t = |p: &str| format!("/tenants/{tenant}/{p}");
+    let receivers = [
+        ("hook", json!({"type": "webhook", "url": format!("{base}/hook"), "secret": "s3cret"})),
+        ("slack", json!({"type": "slack", "webhookUrl": format!("{base}/slack")})),
+        ("pd", json!({"type": "pagerduty", "routingKey": "R0UTINGKEY0123456789", "url": format!("{base}/pd")})),
+        ("teams", json!({"type": "teams", "webhookUrl": format!("{base}/teams")})),
+        ("flaky", json!({"type": "webhook", "url": format!("{base}/flaky")})),
+        ("broken", json!({"type": "webhook", "url": format!("{base}/broken")})),
+        ("slow429", json!({"type": "webhook", "url": format!("{base}/slow429")})),
+    ];
+    for (id, doc) in receivers {
+        assert_eq!(call(&app, "PUT", &t(&format!("receivers/{id}")), ADMIN, Some(doc)).await.0, StatusCode::CREATED);
+    }
+    let policy = json!({"name": "High risk", "eventTypes": ["RISK_CREATED"], "severity": "critical", "groupBy": ["entityId"],
+        "condition": {"rules": [{"field": "data.riskScore", "operator": "gte", "value": 80}]},
+        "summaryTemplate": "Risk {entityId} scored {data.riskScore}", "messageTemplate": "{data.title}",
+        "receivers": ["hook", "slack", "pd", "teams"]});
+    assert_eq!(call(&app, "PUT", &t("policies/high-risk"), ADMIN, Some(policy)).await.0, StatusCode::CREATED);
+    let retry_policy = json!({"name": "Control failed", "eventTypes": ["CONTROL_FAILED"], "severity": "medium",
+        "condition": {"rules": [{"field": "data.controlId", "operator": "exists"}]}, "receivers": ["flaky", "broken", "slow429"]});
+    assert_eq!(
+        call(&app, "PUT", &t("policies/control-failed"), ADMIN, Some(retry_policy)).await.0,
+        StatusCode::CREATED
+    );
+
+    // A matching event, a non-matching one, and a second one of the same group.
+    let ev = |score: i64, entity: &str| json!({"tenantId": tenant, "eventType": "RISK_CREATED", "source": "ARCHER_GRC", "entityId": entity, "data": {"title": "Vendor breach", "riskScore": score}});
+    assert_eq!(call(&app, "POST", "/events", ADMIN, Some(ev(91, "risk-1"))).await.0, StatusCode::ACCEPTED);
+    assert_eq!(call(&app, "POST", "/events", ADMIN, Some(ev(10, "risk-2"))).await.0, StatusCode::ACCEPTED);
+
+    // Webhook: signed JSON (the consumer group join can take a while on the test broker).
+    let hook = rec.wait("hook", 1, 60).await;
+    assert_eq!(hook.len(), 1, "webhook delivered once");
+    let (h, body) = &hook[0];
+    let raw = body["__raw"].as_str().expect("raw");
+    assert_eq!(h["x-evstream-signature"], format!("sha256={}", alert_stream::notify::sign("s3cret", raw.as_bytes())));
+    assert_eq!(h["x-evstream-event"], "alert.opened");
+    assert_eq!(body["alert"]["summary"], "Risk risk-1 scored 91");
+    assert_eq!(body["alert"]["severity"], "critical");
+    let alert_id = body["alert"]["id"].as_str().expect("id").to_string();
+
+    // Slack, PagerDuty and Teams got their documented shapes.
+    let slack = rec.wait("slack", 1, 10).await;
+    assert!(slack[0].1["text"].as_str().expect("text").contains("Risk risk-1 scored 91"));
+    assert_eq!(slack[0].1["attachments"][0]["color"], "#b71c1c");
+    let pd = rec.wait("pd", 1, 10).await;
+    assert_eq!(pd[0].1["routing_key"], "R0UTINGKEY0123456789");
+    assert_eq!(pd[0].1["event_action"], "trigger");
+    assert_eq!(pd[0].1["dedup_key"], alert_id.as_str());
+    assert_eq!(pd[0].1["payload"]["severity"], "critical");
+    assert_eq!(pd[0].1["payload"]["summary"], "Risk risk-1 scored 91");
+    assert!(pd[0].1["payload"]["source"].as_str().expect("source").starts_with("evstream/"));
+    let teams = rec.wait("teams", 1, 10).await;
+    assert_eq!(teams[0].1["@type"], "MessageCard");
+
+    // Grouping: a second event of the same entity updates the alert, notifies nobody.
+    assert_eq!(call(&app, "POST", "/events", ADMIN, Some(ev(95, "risk-1"))).await.0, StatusCode::ACCEPTED);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, a) = call(&app, "GET", &t(&format!("alerts/{alert_id}")), ADMIN, None).await;
+        if a["count"] == 2 {
+            assert_eq!(a["summary"], "Risk risk-1 scored 95");
+            break;
+        }
+        assert!(Instant::now() < deadline, "alert never updated: {a}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(rec.of("hook").len(), 1, "no new notification for a grouped event");
+    let (_, list) = call(&app, "GET", &t("alerts?status=active"), ADMIN, None).await;
+    assert_eq!(list["count"], 1, "{list}");
+
+    // Acknowledge and resolve through the API reach PagerDuty with the same dedup key.
+    let (s, a) = call(&app, "POST", &t(&format!("alerts/{alert_id}/acknowledge")), ADMIN, None).await;
+    assert_eq!((s, a["status"].as_str()), (StatusCode::OK, Some("acknowledged")));
+    let pd = rec.wait("pd", 2, 20).await;
+    assert_eq!(pd[1].1["event_action"], "acknowledge");
+    assert_eq!(pd[1].1["dedup_key"], alert_id.as_str());
+    call(&app, "POST", &t(&format!("alerts/{alert_id}/resolve")), ADMIN, None).await;
+    let pd = rec.wait("pd", 3, 20).await;
+    assert_eq!(pd[2].1["event_action"], "resolve");
+    assert_eq!(rec.of("slack").len(), 1, "Slack does not follow acknowledge/resolve");
+
+    // Retries: flaky succeeds on the third attempt, 429 honours Retry-After, broken ends in the dead-letter topic.
+    let control = json!({"tenantId": tenant, "eventType": "CONTROL_FAILED", "source": "ARCHER_GRC", "data": {"controlId": "c-1"}});
+    assert_eq!(call(&app, "POST", "/events", ADMIN, Some(control)).await.0, StatusCode::ACCEPTED);
+    assert_eq!(rec.wait("flaky", 1, 30).await.len(), 1);
+    assert_eq!(rec.wait("slow429", 1, 30).await.len(), 1);
+    let calls = rec.calls.lock().expect("lock").clone();
+    assert_eq!(calls.get("flaky"), Some(&3));
+    assert_eq!(calls.get("slow429"), Some(&2));
+    let dead = testkit::read_topic(
+        &settings.kafka.brokers,
+        &settings.alerts_deadletter_topic,
+        Duration::from_secs(30),
+        |rs| !rs.is_empty(),
+    )
+    .await
+    .expect("read");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].json()["receiver"], "broken");
+    assert_eq!(dead[0].json()["reason"], "server_error");
+    assert_eq!(calls.get("broken"), Some(&3));
+    // The attempts are in the alert's history.
+    let (_, list) = call(&app, "GET", &t("alerts?policy=control-failed"), ADMIN, None).await;
+    let cid = list["alerts"][0]["id"].as_str().expect("id").to_string();
+    let (_, a) = call(&app, "GET", &t(&format!("alerts/{cid}")), ADMIN, None).await;
+    let attempts = a["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter(|h| h["kind"] == "delivery" && h["receiver"] == "flaky")
+        .count();
+    assert_eq!(attempts, 3, "{a}");
+
+    // Transitions are published on the alerts topic, keyed by alert id.
+    let transitions =
+        testkit::read_topic(&settings.kafka.brokers, &settings.alerts_topic, Duration::from_secs(10), |rs| {
+            rs.len() >= 4
+        })
+        .await
+        .expect("read");
+    assert!(transitions.iter().any(|r| r.key.as_deref() == Some(alert_id.as_str()) && r.json()["kind"] == "resolved"));
+}
