@@ -179,6 +179,25 @@ impl Ctx {
     }
 }
 
+/// The shared events topic, every tenant's own topics, and the alerts topic (for acknowledge/resolve).
+fn topics_to_consume(cfg: &AlertStreamConfig, configs: &ConfigLog) -> Vec<String> {
+    let mut topics: Vec<String> = cfg.topics.clone();
+    for t in configs.tenants() {
+        if let Some(c) = configs.stream_config(&t.id) {
+            topics.extend(c.config.topics.iter().map(ToString::to_string));
+        }
+    }
+    topics.push(cfg.alerts_topic.clone());
+    topics.sort();
+    topics.dedup();
+    topics
+}
+
+fn subscribe(consumer: &StreamConsumer, topics: &[String]) -> Result<(), rdkafka::error::KafkaError> {
+    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&refs)
+}
+
 /// Runs the consumer until `shutdown` resolves.
 pub async fn run(
     cfg: AlertStreamConfig,
@@ -198,18 +217,12 @@ pub async fn run(
         .set("heartbeat.interval.ms", (cfg.session_timeout_ms / 3).max(100).to_string())
         .set("topic.metadata.refresh.interval.ms", "5000")
         .create()?;
-    let mut topics: Vec<String> = cfg.topics.clone();
-    for t in configs.tenants() {
-        if let Some(c) = configs.stream_config(&t.id) {
-            topics.extend(c.config.topics.iter().map(ToString::to_string));
-        }
-    }
-    topics.push(cfg.alerts_topic.clone());
-    topics.sort();
-    topics.dedup();
-    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&refs)?;
-    tracing::info!(topics = refs.len(), group = %cfg.group_id, "alert stream consuming");
+    let mut topics = topics_to_consume(&cfg, &configs);
+    subscribe(&consumer, &topics)?;
+    tracing::info!(topics = topics.len(), group = %cfg.group_id, "alert stream consuming");
+    // Tenants add topics of their own at any time: the subscription follows the configuration.
+    let mut refresh = tokio::time::interval(Duration::from_secs(5));
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let http = reqwest::Client::builder().pool_max_idle_per_host(8).build().unwrap_or_default();
     let ctx = Arc::new(Ctx {
         deliveries: Arc::new(tokio::sync::Semaphore::new(cfg.max_deliveries)),
@@ -225,6 +238,16 @@ pub async fn run(
     loop {
         let msg = tokio::select! {
             _ = &mut shutdown => break,
+            _ = refresh.tick() => {
+                let now = topics_to_consume(&ctx.cfg, &ctx.configs);
+                if now != topics {
+                    topics = now;
+                    if let Err(e) = subscribe(&consumer, &topics) {
+                        tracing::warn!(error = %e, "alert stream could not follow new topics");
+                    }
+                }
+                continue;
+            }
             m = stream.next() => m,
         };
         let Some(msg) = msg else { break };

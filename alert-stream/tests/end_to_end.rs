@@ -265,6 +265,21 @@ async fn policies_raise_alerts_and_receivers_get_their_payloads() {
         .count();
     assert_eq!(attempts, 3, "{a}");
 
+    // A topic the tenant adds later is followed: events routed there are evaluated too.
+    let own = testkit::unique("tenant-own");
+    let (s, _) = call(&app, "PUT", &format!("/stream-config/{tenant}"), ADMIN, Some(json!({"topics": [own]}))).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(call(&app, "POST", "/events", ADMIN, Some(ev(99, "risk-own"))).await.1["topic"], own.as_str());
+    // The webhook also followed the acknowledge and resolve above (opened, acknowledged, resolved, opened).
+    let hooks = rec.wait("hook", 4, 60).await;
+    let kinds: Vec<&str> = hooks.iter().filter_map(|(_, b)| b["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        vec!["opened", "acknowledged", "resolved", "opened"],
+        "the event on the tenant's own topic raised an alert"
+    );
+    assert_eq!(hooks[3].1["alert"]["summary"], "Risk risk-own scored 99");
+
     // Transitions are published on the alerts topic, keyed by alert id.
     let transitions =
         testkit::read_topic(&settings.kafka.brokers, &settings.alerts_topic, Duration::from_secs(10), |rs| {
