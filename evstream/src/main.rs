@@ -6,6 +6,7 @@ mod bench;
 mod cli;
 mod noisy;
 mod platform;
+mod policy_bench;
 
 use clap::Parser;
 
@@ -27,6 +28,7 @@ fn main() -> anyhow::Result<()> {
             cli::Command::ChangeFeed(o) => platform::run_unavailable_role("change-feed", &o),
             cli::Command::Bench(b) => bench::run(b).await,
             cli::Command::NoisyNeighbour(n) => noisy::run(n).await,
+            cli::Command::PolicyBench(p) => policy_bench::run(p),
         }
     })
 }

@@ -220,8 +220,18 @@ enum Operand {
 
 #[derive(Debug, Clone)]
 enum Compiled {
-    Group { all: bool, children: Vec<Compiled> },
-    Rule { path: Path, op: Operator, operand: Operand, case_sensitive: bool },
+    Group {
+        all: bool,
+        children: Vec<Compiled>,
+    },
+    /// `at` is where the rule stands in the document (`condition.rules[1].rules[0]`), for traces.
+    Rule {
+        path: Path,
+        op: Operator,
+        operand: Operand,
+        case_sensitive: bool,
+        at: String,
+    },
 }
 
 /// A policy ready for evaluation.
@@ -285,6 +295,9 @@ impl CompiledPolicy {
                     }
                 }
                 if errs.is_empty() {
+                    // Rules are pure, so their order does not change the verdict: cheap ones first let AND and OR
+                    // groups stop early. (`trace` reports in this order too, with each rule's path.)
+                    children.sort_by_key(cost);
                     Ok(Compiled::Group { all: g.match_all, children })
                 } else {
                     Err(errs)
@@ -330,7 +343,13 @@ impl CompiledPolicy {
                         operand(&r.value, r.case_sensitive)
                     }
                 };
-                Ok(Compiled::Rule { path, op: r.operator, operand, case_sensitive: r.case_sensitive })
+                Ok(Compiled::Rule {
+                    path,
+                    op: r.operator,
+                    operand,
+                    case_sensitive: r.case_sensitive,
+                    at: at.to_string(),
+                })
             }
         }
     }
@@ -352,7 +371,9 @@ impl CompiledPolicy {
     /// Every rule's verdict, depth first, for explaining a test evaluation.
     pub fn trace(&self, event: &Value) -> (bool, Vec<RuleTrace>) {
         let mut out = Vec::new();
-        let m = trace(&self.root, event, "condition", &mut out);
+        let m = trace(&self.root, event, &mut out);
+        // In document order, whatever order evaluation uses.
+        out.sort_by(|a, b| doc_order(&a.path).cmp(&doc_order(&b.path)));
         (self.policy.enabled && self.applies_to(event) && m, out)
     }
 
@@ -364,6 +385,11 @@ impl CompiledPolicy {
     }
 }
 
+/// `condition.rules[1].rules[0]` -> [1, 0], for sorting traces in document order.
+fn doc_order(path: &str) -> Vec<usize> {
+    path.split('[').skip(1).filter_map(|p| p.split(']').next()?.parse().ok()).collect()
+}
+
 fn scalar_text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -371,28 +397,45 @@ fn scalar_text(v: &Value) -> String {
     }
 }
 
+/// A rough relative cost of evaluating a node.
+fn cost(c: &Compiled) -> u32 {
+    match c {
+        Compiled::Group { children, .. } => children.iter().map(cost).sum::<u32>() + 1,
+        Compiled::Rule { op, path, case_sensitive, operand, .. } => {
+            let base = match op {
+                Operator::Exists => 1,
+                Operator::Eq | Operator::Ne | Operator::Gt | Operator::Lt | Operator::Gte | Operator::Lte => 2,
+                Operator::In | Operator::NotIn => 3 + matches!(operand, Operand::List(l) if l.len() > 8) as u32 * 3,
+                Operator::Contains => 4 + u32::from(!case_sensitive) * 4,
+                Operator::Regex => 12,
+            };
+            base + path.segments.len() as u32
+        }
+    }
+}
+
 fn eval(c: &Compiled, e: &Value) -> bool {
     match c {
         Compiled::Group { all: true, children } => children.iter().all(|c| eval(c, e)),
         Compiled::Group { all: false, children } => children.iter().any(|c| eval(c, e)),
-        Compiled::Rule { path, op, operand, case_sensitive } => rule(path.get(e), *op, operand, *case_sensitive),
+        Compiled::Rule { path, op, operand, case_sensitive, .. } => rule(path.get(e), *op, operand, *case_sensitive),
     }
 }
 
-fn trace(c: &Compiled, e: &Value, at: &str, out: &mut Vec<RuleTrace>) -> bool {
+fn trace(c: &Compiled, e: &Value, out: &mut Vec<RuleTrace>) -> bool {
     match c {
         Compiled::Group { all, children } => {
-            let results: Vec<bool> =
-                children.iter().enumerate().map(|(i, c)| trace(c, e, &format!("{at}.rules[{i}]"), out)).collect();
+            // Every child is traced (no short cut), so that the answer explains each rule.
+            let results: Vec<bool> = children.iter().map(|c| trace(c, e, out)).collect();
             if *all {
                 results.iter().all(|r| *r)
             } else {
                 results.iter().any(|r| *r)
             }
         }
-        Compiled::Rule { path, op, operand, case_sensitive } => {
+        Compiled::Rule { path, op, operand, case_sensitive, at } => {
             let matched = rule(path.get(e), *op, operand, *case_sensitive);
-            out.push(RuleTrace { path: at.to_string(), field: path.segments.join("."), operator: *op, matched });
+            out.push(RuleTrace { path: at.clone(), field: path.segments.join("."), operator: *op, matched });
             matched
         }
     }
@@ -529,6 +572,12 @@ impl PolicySet {
 
     pub fn is_empty(&self) -> bool {
         self.policies.is_empty()
+    }
+
+    /// How many policies an event is evaluated against (those indexed for its type, and the untyped ones).
+    pub fn candidates(&self, event: &Value) -> usize {
+        let t = event.get("eventType").and_then(Value::as_str).and_then(EventType::parse);
+        t.and_then(|t| self.by_type.get(&t)).map_or(0, Vec::len) + self.any_type.len()
     }
 
     /// The policies an event matches; only the candidates indexed for its type are evaluated.
