@@ -373,7 +373,7 @@ impl CompiledPolicy {
         let mut out = Vec::new();
         let m = trace(&self.root, event, &mut out);
         // In document order, whatever order evaluation uses.
-        out.sort_by(|a, b| doc_order(&a.path).cmp(&doc_order(&b.path)));
+        out.sort_by_key(|t| doc_order(&t.path));
         (self.policy.enabled && self.applies_to(event) && m, out)
     }
 
