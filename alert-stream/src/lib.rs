@@ -44,6 +44,8 @@ pub struct AlertStreamConfig {
     pub delivery: DeliveryPolicy,
     /// Notifications in flight at once, across tenants.
     pub max_deliveries: usize,
+    /// How often alerts are checked for `autoResolveAfterSecs`.
+    pub sweep_every: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +138,11 @@ impl Ctx {
             return;
         }
         let event_id = event.get("id").and_then(Value::as_str).unwrap_or_default();
+        // Resolve conditions first: a "resolved" event closes the open alert of its group.
+        for p in set.resolving(event) {
+            let id = producer::alerts::alert_id(&tenant, &p.id, &p.group_key(event));
+            self.resolve(&tenant, &id, &p.policy.receivers).await;
+        }
         for p in set.matching(event) {
             let pol = &p.policy;
             let group_key = p.group_key(event);
@@ -158,6 +165,50 @@ impl Ctx {
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "alert not raised (redis unavailable)"),
+            }
+        }
+    }
+
+    async fn resolve(self: &Arc<Self>, tenant: &TenantId, id: &str, receivers: &[String]) {
+        match self.store.transition_by(tenant.as_str(), id, producer::alerts::AlertStatus::Resolved, "policy").await {
+            Ok(Some((a, true))) => self.notify(tenant, receivers, "resolved", &a),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "alert not resolved (redis unavailable)"),
+        }
+    }
+
+    /// Resolves alerts whose policy has `autoResolveAfterSecs` and that saw no event for that long. One
+    /// instance sweeps at a time (a lease in Redis).
+    async fn sweep(self: &Arc<Self>) {
+        if !self.store.lease(&format!("alert-sweep:{}", self.cfg.group_id), self.cfg.sweep_every.as_secs().max(1)).await
+        {
+            return;
+        }
+        let now = time::OffsetDateTime::now_utc();
+        for t in self.configs.tenants() {
+            let set = self.policies(&t.id);
+            let limits: HashMap<&str, (u32, &[String])> = set
+                .all()
+                .iter()
+                .filter_map(|p| {
+                    Some((p.id.as_str(), (p.policy.auto_resolve_after_secs?, p.policy.receivers.as_slice())))
+                })
+                .collect();
+            if limits.is_empty() {
+                continue;
+            }
+            let Ok(alerts) = self.store.list(t.id.as_str(), 1000).await else { continue };
+            for a in alerts {
+                let Some((secs, receivers)) = limits.get(a.policy_id.as_str()) else { continue };
+                let open = matches!(
+                    a.status,
+                    producer::alerts::AlertStatus::Active | producer::alerts::AlertStatus::Acknowledged
+                );
+                let last =
+                    time::OffsetDateTime::parse(&a.last_seen, &time::format_description::well_known::Rfc3339).ok();
+                if open && last.is_some_and(|l| (now - l).whole_seconds() >= i64::from(*secs)) {
+                    self.resolve(&t.id, &a.id, receivers).await;
+                }
             }
         }
     }
@@ -233,6 +284,14 @@ pub async fn run(
         kafka,
         http,
     });
+    let sweeper = ctx.clone();
+    let sweep = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(sweeper.cfg.sweep_every);
+        loop {
+            tick.tick().await;
+            sweeper.sweep().await;
+        }
+    });
     let mut stream = consumer.stream();
     tokio::pin!(shutdown);
     loop {
@@ -274,6 +333,7 @@ pub async fn run(
         }
     }
     drop(stream);
+    sweep.abort();
     let _ = consumer.commit_consumer_state(CommitMode::Sync);
     Ok(())
 }

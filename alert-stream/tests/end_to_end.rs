@@ -143,6 +143,7 @@ async fn policies_raise_alerts_and_receivers_get_their_payloads() {
             timeout: Duration::from_secs(2),
         },
         max_deliveries: 100,
+        sweep_every: Duration::from_secs(1),
     };
     let (configs, store, kafka) =
         (state.pipeline.configs().clone(), state.alerts.clone(), state.pipeline.kafka().clone());
@@ -288,4 +289,88 @@ async fn policies_raise_alerts_and_receivers_get_their_payloads() {
         .await
         .expect("read");
     assert!(transitions.iter().any(|r| r.key.as_deref() == Some(alert_id.as_str()) && r.json()["kind"] == "resolved"));
+}
+
+/// A resolve condition (an Alertmanager-style `resolved` event of the same group) resolves the alert and tells
+/// PagerDuty; `autoResolveAfterSecs` resolves an alert that went quiet.
+#[tokio::test]
+async fn resolve_condition_and_auto_resolve() {
+    let rec = Recorder::default();
+    let recv_app = Router::new().route("/{name}", post(receive)).with_state(rec.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, recv_app).await });
+    let settings = Settings {
+        kafka: KafkaSinkConfig { brokers: testkit::kafka_brokers(), linger_ms: 1, ..KafkaSinkConfig::default() },
+        redis_url: testkit::redis_url(),
+        redis_queue: 1000,
+        admin_key: Some(ADMIN.into()),
+        events_topic: testkit::unique("evstream.events"),
+        config_topic: testkit::unique("evstream.config"),
+        deadletter_topic: testkit::unique("evstream.deadletter"),
+        alerts_topic: testkit::unique("evstream.alerts"),
+        alerts_deadletter_topic: testkit::unique("evstream.alerts.deadletter"),
+        api: ApiConfig { partitions: 2, ..ApiConfig::default() },
+        idempotency_window: Duration::from_secs(600),
+        default_quota: Quota { events_per_second: 100_000, bytes_per_second: 1 << 30, burst_seconds: 2 },
+    };
+    let started = bootstrap::start(&settings, None).await.expect("start");
+    let state = started.state.clone();
+    let app = stream_api::app(started.state);
+    let cfg = alert_stream::AlertStreamConfig {
+        brokers: settings.kafka.brokers.clone(),
+        topics: vec![settings.events_topic.clone()],
+        alerts_topic: settings.alerts_topic.clone(),
+        deadletter_topic: settings.alerts_deadletter_topic.clone(),
+        group_id: testkit::unique("alerts-group"),
+        start_from: "earliest".into(),
+        session_timeout_ms: 6000,
+        delivery: alert_stream::notify::DeliveryPolicy {
+            attempts: 2,
+            base_backoff: Duration::from_millis(100),
+            timeout: Duration::from_secs(2),
+        },
+        max_deliveries: 100,
+        sweep_every: Duration::from_secs(1),
+    };
+    let (configs, store, kafka) =
+        (state.pipeline.configs().clone(), state.alerts.clone(), state.pipeline.kafka().clone());
+    tokio::spawn(alert_stream::run(cfg, configs, store, kafka, std::future::pending()));
+
+    let tenant = testkit::unique("tenant");
+    assert_eq!(call(&app, "POST", "/tenants", ADMIN, Some(json!({"id": tenant}))).await.0, StatusCode::CREATED);
+    let t = |p: &str| format!("/tenants/{tenant}/{p}");
+    let pd = json!({"type": "pagerduty", "routingKey": "R0UTINGKEY0123456789", "url": format!("{base}/pd")});
+    assert_eq!(call(&app, "PUT", &t("receivers/pd"), ADMIN, Some(pd)).await.0, StatusCode::CREATED);
+    let firing = json!({"name": "Cloud alert", "eventTypes": ["CLOUD_ALERT"], "severity": "high", "groupBy": ["data.alertName"],
+        "condition": {"rules": [{"field": "data.status", "operator": "eq", "value": "firing"}]},
+        "resolveCondition": {"rules": [{"field": "data.status", "operator": "eq", "value": "resolved"}]},
+        "summaryTemplate": "{data.alertName} firing", "receivers": ["pd"]});
+    assert_eq!(call(&app, "PUT", &t("policies/cloud"), ADMIN, Some(firing)).await.0, StatusCode::CREATED);
+    let quiet = json!({"name": "Quiet", "eventTypes": ["SYSTEM_ERROR"], "severity": "low", "autoResolveAfterSecs": 2,
+        "condition": {"rules": [{"field": "data.component", "operator": "exists"}]}, "receivers": ["pd"]});
+    assert_eq!(call(&app, "PUT", &t("policies/quiet"), ADMIN, Some(quiet)).await.0, StatusCode::CREATED);
+
+    let cloud = |status: &str| json!({"tenantId": tenant, "eventType": "CLOUD_ALERT", "source": "ALERTMANAGER", "data": {"alertName": "HighCPU", "status": status}});
+    assert_eq!(call(&app, "POST", "/events", ADMIN, Some(cloud("firing"))).await.0, StatusCode::ACCEPTED);
+    let got = rec.wait("pd", 1, 60).await;
+    assert_eq!(got[0].1["event_action"], "trigger");
+    let key = got[0].1["dedup_key"].as_str().expect("dedup").to_string();
+    assert_eq!(call(&app, "POST", "/events", ADMIN, Some(cloud("resolved"))).await.0, StatusCode::ACCEPTED);
+    let got = rec.wait("pd", 2, 30).await;
+    assert_eq!(got[1].1["event_action"], "resolve");
+    assert_eq!(got[1].1["dedup_key"], key.as_str());
+    let (_, a) = call(&app, "GET", &t(&format!("alerts/{key}")), ADMIN, None).await;
+    assert_eq!(a["status"], "resolved");
+
+    let err =
+        json!({"tenantId": tenant, "eventType": "SYSTEM_ERROR", "source": "BACKEND_API", "data": {"component": "db"}});
+    assert_eq!(call(&app, "POST", "/events", ADMIN, Some(err)).await.0, StatusCode::ACCEPTED);
+    let got = rec.wait("pd", 4, 30).await;
+    assert_eq!(got.len(), 4, "trigger, then auto-resolve");
+    assert_eq!(
+        (got[2].1["event_action"].as_str(), got[3].1["event_action"].as_str()),
+        (Some("trigger"), Some("resolve"))
+    );
+    assert_eq!(got[2].1["dedup_key"], got[3].1["dedup_key"]);
 }

@@ -77,6 +77,7 @@ pub fn alert_config(o: &Common) -> alert_stream::AlertStreamConfig {
             timeout: Duration::from_secs(10),
         },
         max_deliveries: 1000,
+        sweep_every: Duration::from_secs(30),
     }
 }
 

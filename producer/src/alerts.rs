@@ -335,9 +335,21 @@ impl AlertStore {
     /// Acknowledges or resolves an alert from the API; publishes the transition (the alert stream forwards it to
     /// PagerDuty with the same dedup key). Returns `None` when there is no such alert.
     pub async fn transition(&self, tenant: &str, id: &str, to: AlertStatus) -> Result<Option<Alert>, AlertStoreError> {
+        Ok(self.transition_by(tenant, id, to, "api").await?.map(|(a, _)| a))
+    }
+
+    /// Moves an alert to `to` on behalf of `by` (`api`, or `policy` for resolve conditions and auto-resolve).
+    /// Returns the alert and whether it changed; a resolved alert stays resolved until a new event re-opens it.
+    pub async fn transition_by(
+        &self,
+        tenant: &str,
+        id: &str,
+        to: AlertStatus,
+        by: &str,
+    ) -> Result<Option<(Alert, bool)>, AlertStoreError> {
         let Some(mut a) = self.get(tenant, id).await? else { return Ok(None) };
         if a.status == to || a.status == AlertStatus::Resolved {
-            return Ok(Some(a));
+            return Ok(Some((a, false)));
         }
         a.status = to;
         let now = now_rfc3339();
@@ -349,12 +361,20 @@ impl AlertStore {
                 kind: to.as_str().into(),
                 receiver: None,
                 status: None,
-                detail: Some("by api".into()),
+                detail: Some(format!("by {by}")),
             },
         )
         .await?;
-        self.publish(to.as_str(), &a, "api").await;
-        Ok(Some(a))
+        self.publish(to.as_str(), &a, by).await;
+        Ok(Some((a, true)))
+    }
+
+    /// A lease for work that one instance should do at a time (the auto-resolve sweep): true when this caller
+    /// holds it for `ttl_secs`.
+    pub async fn lease(&self, name: &str, ttl_secs: u64) -> bool {
+        let mut c = redis::cmd("SET");
+        c.arg(format!("evstream:lease:{name}")).arg(1).arg("NX").arg("EX").arg(ttl_secs.max(1));
+        matches!(self.redis.query::<Option<String>>(&c).await, Ok(Some(_)))
     }
 
     /// Filters a list by the query's `status`, `severity` and `policy`.

@@ -124,6 +124,12 @@ pub struct AlertPolicy {
     /// Names of the tenant's receivers to notify.
     #[serde(default)]
     pub receivers: Vec<String>,
+    /// An event matching this (e.g. a Grafana/Alertmanager `resolved` event) resolves the open alert of its group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolve_condition: Option<Condition>,
+    /// Resolve an alert that saw no matching event for this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_resolve_after_secs: Option<u32>,
 }
 
 /// Policy and receiver ids: 1-64 of lower-case letters, digits and `-`.
@@ -169,6 +175,18 @@ impl AlertPolicy {
         }
         if let Err(mut e) = CompiledPolicy::compile_node(&Node::Group(p.condition.clone()), "condition", 0, &mut 0) {
             errs.append(&mut e);
+        }
+        if let Some(rc) = &p.resolve_condition {
+            if let Err(mut e) = CompiledPolicy::compile_node(&Node::Group(rc.clone()), "resolveCondition", 0, &mut 0) {
+                errs.append(&mut e);
+            }
+        }
+        if p.auto_resolve_after_secs == Some(0) {
+            errs.push(FieldError::new(
+                "autoResolveAfterSecs",
+                "out_of_range",
+                "at least 1 (leave it out to never auto-resolve)",
+            ));
         }
         if errs.is_empty() {
             Ok(p)
@@ -240,6 +258,7 @@ pub struct CompiledPolicy {
     pub id: String,
     pub policy: AlertPolicy,
     root: Compiled,
+    resolve: Option<Compiled>,
     group_by: Vec<Path>,
 }
 
@@ -265,8 +284,17 @@ fn operand(v: &Value, case_sensitive: bool) -> Operand {
 impl CompiledPolicy {
     pub fn compile(id: &str, policy: AlertPolicy) -> Result<Self, Vec<FieldError>> {
         let root = Self::compile_node(&Node::Group(policy.condition.clone()), "condition", 0, &mut 0)?;
+        let resolve = match &policy.resolve_condition {
+            Some(c) => Some(Self::compile_node(&Node::Group(c.clone()), "resolveCondition", 0, &mut 0)?),
+            None => None,
+        };
         let group_by = policy.group_by.iter().filter_map(|g| Path::parse(g)).collect();
-        Ok(Self { id: id.to_string(), policy, root, group_by })
+        Ok(Self { id: id.to_string(), policy, root, resolve, group_by })
+    }
+
+    /// Does the event resolve this policy's alert of its group?
+    pub fn resolves(&self, event: &Value) -> bool {
+        self.applies_to(event) && self.resolve.as_ref().is_some_and(|r| eval(r, event))
     }
 
     fn compile_node(n: &Node, at: &str, depth: usize, count: &mut usize) -> Result<Compiled, Vec<FieldError>> {
@@ -578,6 +606,22 @@ impl PolicySet {
     pub fn candidates(&self, event: &Value) -> usize {
         let t = event.get("eventType").and_then(Value::as_str).and_then(EventType::parse);
         t.and_then(|t| self.by_type.get(&t)).map_or(0, Vec::len) + self.any_type.len()
+    }
+
+    /// The policies whose resolve condition the event meets.
+    pub fn resolving<'a>(&'a self, event: &'a Value) -> impl Iterator<Item = &'a CompiledPolicy> + 'a {
+        let t = event.get("eventType").and_then(Value::as_str).and_then(EventType::parse);
+        let typed: &[usize] = t.and_then(|t| self.by_type.get(&t)).map_or(&[], Vec::as_slice);
+        typed
+            .iter()
+            .chain(self.any_type.iter())
+            .map(|i| &self.policies[*i])
+            .filter(move |p| p.resolve.is_some() && p.resolves(event))
+    }
+
+    /// Every policy (for the auto-resolve sweep).
+    pub fn all(&self) -> &[CompiledPolicy] {
+        &self.policies
     }
 
     /// The policies an event matches; only the candidates indexed for its type are evaluated.
