@@ -49,6 +49,17 @@ ensure_redis() {
   fi
 }
 
+# Prints a python3 that has aiosmtpd (a real SMTP server for the e-mail receiver tests), installing Debian's
+# python3-aiosmtpd when needed.
+ensure_smtp() {
+  if ! /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null; then
+    log "installing python3-aiosmtpd (Debian package)"
+    as_root apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-aiosmtpd >&2
+  fi
+  echo /usr/bin/python3
+}
+
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }

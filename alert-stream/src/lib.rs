@@ -108,11 +108,21 @@ impl Ctx {
                 tracing::warn!(receiver = %rid, "policy names an unknown receiver");
                 continue;
             };
-            let Some(req) = notify::request(&r, kind, alert) else { continue };
             let (ctx, rid, kind, alert, rkind) = (self.clone(), rid.clone(), kind.to_string(), alert.clone(), r.kind());
+            let email = notify::email(&r, &kind, &alert);
+            let req = notify::request(&r, &kind, &alert);
+            if email.is_none() && req.is_none() {
+                continue;
+            }
             tokio::spawn(async move {
                 let Ok(_permit) = ctx.deliveries.clone().acquire_owned().await else { return };
-                let d = notify::deliver(&ctx.http, &ctx.cfg.delivery, &rid, &req.url, &req.body, &req.headers).await;
+                let d = match (email, req) {
+                    (Some(msg), _) => notify::deliver_email(&ctx.cfg.delivery, &rid, &r, msg).await,
+                    (None, Some(req)) => {
+                        notify::deliver(&ctx.http, &ctx.cfg.delivery, &rid, &req.url, &req.body, &req.headers).await
+                    }
+                    (None, None) => return,
+                };
                 metrics::counter!("evstream_alert_notifications_total", "receiver" => rkind, "result" => if d.ok { "ok" } else { d.reason }).increment(1);
                 for a in &d.attempts {
                     ctx.store.record(&alert.tenant_id, &alert.id, a).await;

@@ -131,6 +131,8 @@ pub fn request(r: &Receiver, kind: &str, a: &Alert) -> Option<Request> {
                 headers: vec![],
             })
         }
+        // E-mail is not an HTTP request: see `email`.
+        Receiver::Email { .. } => None,
     }
 }
 
@@ -142,6 +144,91 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
             hex::encode(mac.finalize().into_bytes())
         })
         .unwrap_or_default()
+}
+
+/// The e-mail for an opened or re-opened alert: a text part and an HTML part.
+pub fn email(r: &Receiver, kind: &str, a: &Alert) -> Option<lettre::Message> {
+    let Receiver::Email { from, to, .. } = r else { return None };
+    if !matches!(kind, "opened" | "reopened") {
+        return None;
+    }
+    let subject = format!("[{}] {}", a.severity.as_str().to_uppercase(), a.summary);
+    let text = format!(
+        "{}\n\n{}\n\nSeverity: {}\nPolicy: {}\nGroup: {}\nAlert: {}\nTenant: {}\nFirst seen: {}\n",
+        a.summary,
+        a.message.clone().unwrap_or_default(),
+        a.severity.as_str(),
+        a.policy_id,
+        a.group_key,
+        a.id,
+        a.tenant_id,
+        a.first_seen
+    );
+    let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let html = format!(
+        "<html><body><h2 style=\"color:{}\">{}</h2><p>{}</p><table><tr><td>Severity</td><td>{}</td></tr><tr><td>Policy</td><td>{}</td></tr><tr><td>Group</td><td>{}</td></tr><tr><td>Alert</td><td>{}</td></tr><tr><td>Tenant</td><td>{}</td></tr></table></body></html>",
+        colour(a.severity),
+        esc(&a.summary),
+        esc(&a.message.clone().unwrap_or_default()),
+        a.severity.as_str(),
+        esc(&a.policy_id),
+        esc(&a.group_key),
+        esc(&a.id),
+        esc(&a.tenant_id)
+    );
+    let mut b = lettre::Message::builder().from(from.parse().ok()?).subject(subject);
+    for t in to {
+        b = b.to(t.parse().ok()?);
+    }
+    b.multipart(lettre::message::MultiPart::alternative_plain_html(text, html)).ok()
+}
+
+/// Sends an e-mail with the same retry policy as HTTP receivers: transient SMTP failures (4xx replies, connection
+/// problems) are retried, permanent ones (5xx) are final.
+pub async fn deliver_email(p: &DeliveryPolicy, receiver_id: &str, r: &Receiver, msg: lettre::Message) -> Delivered {
+    use lettre::AsyncTransport;
+    let Receiver::Email { host, port, username, password, .. } = r else {
+        return Delivered { ok: false, reason: "not_email", attempts: vec![] };
+    };
+    let mut b = lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::builder_dangerous(host.as_str())
+        .port(*port)
+        .timeout(Some(p.timeout));
+    if let (Some(u), Some(pw)) = (username, password) {
+        b = b
+            .credentials(lettre::transport::smtp::authentication::Credentials::new(u.clone(), pw.expose().to_string()));
+    }
+    let transport = b.build();
+    let mut attempts = Vec::new();
+    let mut reason = "exhausted";
+    for n in 1..=p.attempts {
+        let res = transport.send(msg.clone()).await;
+        let (ok, permanent, status) = match &res {
+            Ok(resp) => (resp.is_positive(), false, resp.code().to_string()),
+            Err(e) => (
+                false,
+                e.is_permanent(),
+                if e.is_permanent() { "permanent".to_string() } else { "transient".to_string() },
+            ),
+        };
+        attempts.push(HistoryEntry {
+            at: producer::alerts::now_rfc3339(),
+            kind: "delivery".into(),
+            receiver: Some(receiver_id.to_string()),
+            status: Some(status),
+            detail: Some(format!("attempt {n}")),
+        });
+        if ok {
+            return Delivered { ok: true, reason: "ok", attempts };
+        }
+        if permanent {
+            return Delivered { ok: false, reason: "rejected", attempts };
+        }
+        reason = "smtp_error";
+        if n < p.attempts {
+            tokio::time::sleep(p.base_backoff * 2u32.pow(n - 1)).await;
+        }
+    }
+    Delivered { ok: false, reason, attempts }
 }
 
 #[derive(Debug, Clone)]

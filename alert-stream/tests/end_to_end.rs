@@ -153,7 +153,12 @@ async fn policies_raise_alerts_and_receivers_get_their_payloads() {
     let tenant = testkit::unique("tenant");
     assert_eq!(call(&app, "POST", "/tenants", ADMIN, Some(json!({"id": tenant}))).await.0, StatusCode::CREATED);
     let t = |p: &str| format!("/tenants/{tenant}/{p}");
+    let smtp = testkit::SmtpServer::start().await.expect("smtp");
     let receivers = [
+        (
+            "mail",
+            json!({"type": "email", "host": "127.0.0.1", "port": smtp.port, "from": "alerts@evstream.local", "to": ["oncall@example.com"]}),
+        ),
         ("hook", json!({"type": "webhook", "url": format!("{base}/hook"), "secret": "s3cret"})),
         ("slack", json!({"type": "slack", "webhookUrl": format!("{base}/slack")})),
         ("pd", json!({"type": "pagerduty", "routingKey": "R0UTINGKEY0123456789", "url": format!("{base}/pd")})),
@@ -168,7 +173,7 @@ async fn policies_raise_alerts_and_receivers_get_their_payloads() {
     let policy = json!({"name": "High risk", "eventTypes": ["RISK_CREATED"], "severity": "critical", "groupBy": ["entityId"],
         "condition": {"rules": [{"field": "data.riskScore", "operator": "gte", "value": 80}]},
         "summaryTemplate": "Risk {entityId} scored {data.riskScore}", "messageTemplate": "{data.title}",
-        "receivers": ["hook", "slack", "pd", "teams"]});
+        "receivers": ["hook", "slack", "pd", "teams", "mail"]});
     assert_eq!(call(&app, "PUT", &t("policies/high-risk"), ADMIN, Some(policy)).await.0, StatusCode::CREATED);
     let retry_policy = json!({"name": "Control failed", "eventTypes": ["CONTROL_FAILED"], "severity": "medium",
         "condition": {"rules": [{"field": "data.controlId", "operator": "exists"}]}, "receivers": ["flaky", "broken", "slow429"]});
@@ -206,6 +211,17 @@ async fn policies_raise_alerts_and_receivers_get_their_payloads() {
     assert!(pd[0].1["payload"]["source"].as_str().expect("source").starts_with("evstream/"));
     let teams = rec.wait("teams", 1, 10).await;
     assert_eq!(teams[0].1["@type"], "MessageCard");
+    // E-mail through a real SMTP server: subject, and both a text and an HTML part.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !smtp.received().contains("text/html") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mail = smtp.received();
+    assert!(mail.contains("Subject: [CRITICAL] Risk risk-1 scored 91"), "{mail}");
+    assert!(
+        mail.contains("To: oncall@example.com") && mail.contains("text/plain") && mail.contains("text/html"),
+        "{mail}"
+    );
 
     // Grouping: a second event of the same entity updates the alert, notifies nobody.
     assert_eq!(call(&app, "POST", "/events", ADMIN, Some(ev(95, "risk-1"))).await.0, StatusCode::ACCEPTED);
@@ -282,13 +298,23 @@ async fn policies_raise_alerts_and_receivers_get_their_payloads() {
     assert_eq!(hooks[3].1["alert"]["summary"], "Risk risk-own scored 99");
 
     // Transitions are published on the alerts topic, keyed by alert id.
+    let resolved = |r: &testkit::Record| r.key.as_deref() == Some(alert_id.as_str()) && r.json()["kind"] == "resolved";
     let transitions =
-        testkit::read_topic(&settings.kafka.brokers, &settings.alerts_topic, Duration::from_secs(10), |rs| {
-            rs.len() >= 4
+        testkit::read_topic(&settings.kafka.brokers, &settings.alerts_topic, Duration::from_secs(20), |rs| {
+            rs.iter().any(resolved)
         })
         .await
         .expect("read");
-    assert!(transitions.iter().any(|r| r.key.as_deref() == Some(alert_id.as_str()) && r.json()["kind"] == "resolved"));
+    let kinds: Vec<String> = transitions
+        .iter()
+        .filter(|r| r.key.as_deref() == Some(alert_id.as_str()))
+        .map(|r| r.json()["kind"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        kinds,
+        vec!["opened", "acknowledged", "resolved"],
+        "one partition per alert keeps its transitions in order"
+    );
 }
 
 /// A resolve condition (an Alertmanager-style `resolved` event of the same group) resolves the alert and tells

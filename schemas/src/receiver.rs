@@ -77,6 +77,30 @@ pub enum Receiver {
         #[serde(rename = "webhookUrl")]
         webhook_url: Secret,
     },
+    /// E-mail over SMTP (plain; optional AUTH with `username`/`password`).
+    Email {
+        host: String,
+        #[serde(default = "smtp_port")]
+        port: u16,
+        from: String,
+        to: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        username: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password: Option<Secret>,
+    },
+}
+
+fn smtp_port() -> u16 {
+    25
+}
+
+/// A plausible mailbox: `local@domain`, no spaces or angle brackets (they would let a header be injected).
+fn mailbox(s: &str) -> bool {
+    let ok_chars = !s.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';'));
+    ok_chars
+        && s.len() <= 254
+        && s.split_once('@').is_some_and(|(l, d)| !l.is_empty() && (d.contains('.') || d == "localhost"))
 }
 
 pub const PAGERDUTY_EVENTS_URL: &str = "https://events.pagerduty.com/v2/enqueue";
@@ -107,6 +131,21 @@ impl Receiver {
             {
                 Err(vec![FieldError::new("routingKey", "invalid_value", "a PagerDuty integration (routing) key")])
             }
+            Receiver::Email { host, .. }
+                if host.is_empty() || host.len() > 253 || host.chars().any(|c| c.is_whitespace() || c == '/') =>
+            {
+                Err(vec![FieldError::new("host", "invalid_value", "an SMTP host name or address")])
+            }
+            Receiver::Email { from, .. } if !mailbox(from) => {
+                Err(vec![FieldError::new("from", "invalid_address", "an e-mail address")])
+            }
+            Receiver::Email { to, .. } if to.is_empty() || to.len() > 50 => {
+                Err(vec![FieldError::new("to", "invalid_value", "1-50 e-mail addresses")])
+            }
+            Receiver::Email { to, .. } if !to.iter().all(|a| mailbox(a)) => {
+                let i = to.iter().position(|a| !mailbox(a)).unwrap_or(0);
+                Err(vec![FieldError::new(format!("to[{i}]"), "invalid_address", "an e-mail address")])
+            }
             _ => Ok(r),
         }
     }
@@ -117,6 +156,7 @@ impl Receiver {
             Receiver::Slack { .. } => "slack",
             Receiver::Pagerduty { .. } => "pagerduty",
             Receiver::Teams { .. } => "teams",
+            Receiver::Email { .. } => "email",
         }
     }
 
@@ -131,6 +171,10 @@ impl Receiver {
                 serde_json::json!({"type": "pagerduty", "routingKey": routing_key.hint(), "url": url})
             }
             Receiver::Teams { webhook_url } => serde_json::json!({"type": "teams", "webhookUrl": webhook_url.hint()}),
+            Receiver::Email { host, port, from, to, username, password } => serde_json::json!({
+                "type": "email", "host": host, "port": port, "from": from, "to": to, "username": username,
+                "password": password.as_ref().map(Secret::hint)
+            }),
         }
     }
 }

@@ -248,3 +248,60 @@ impl Drop for RedisServer {
         }
     }
 }
+
+/// A real SMTP server on a free port (Debian's aiosmtpd with its Debugging handler, which prints every message
+/// it accepts). `received()` is everything it printed so far.
+pub struct SmtpServer {
+    pub port: u16,
+    out: std::sync::Arc<std::sync::Mutex<String>>,
+    _child: tokio::process::Child,
+}
+
+impl SmtpServer {
+    pub async fn start() -> anyhow::Result<Self> {
+        use tokio::io::AsyncBufReadExt;
+        let python = std::env::var("EVSTREAM_TEST_PYTHON").unwrap_or_else(|_| "/usr/bin/python3".into());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut child = tokio::process::Command::new(python)
+            .args([
+                "-u",
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-c",
+                "aiosmtpd.handlers.Debugging",
+                "-l",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("aiosmtpd (installed by scripts/test)")?;
+        let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        if let Some(stdout) = child.stdout.take() {
+            let out = out.clone();
+            tokio::spawn(async move {
+                let mut lines = tokio::io::BufReader::new(stdout).lines();
+                while let Ok(Some(l)) = lines.next_line().await {
+                    if let Ok(mut o) = out.lock() {
+                        o.push_str(&l);
+                        o.push('\n');
+                    }
+                }
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("aiosmtpd did not listen on {port} within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Self { port, out, _child: child })
+    }
+
+    pub fn received(&self) -> String {
+        self.out.lock().map(|o| o.clone()).unwrap_or_default()
+    }
+}
