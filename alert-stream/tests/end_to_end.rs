@@ -399,4 +399,36 @@ async fn resolve_condition_and_auto_resolve() {
         (Some("trigger"), Some("resolve"))
     );
     assert_eq!(got[2].1["dedup_key"], got[3].1["dedup_key"]);
+
+    // Throttle: the cloud alert was notified minutes ago, so firing again re-opens it silently ...
+    let throttled = json!({"name": "Throttled", "eventTypes": ["SECURITY_EVENT"], "severity": "high", "groupBy": ["data.user"],
+        "throttleMinutes": 10, "condition": {"rules": [{"field": "data.user", "operator": "exists"}]},
+        "resolveCondition": {"rules": [{"field": "data.outcome", "operator": "eq", "value": "success"}]}, "receivers": ["pd"]});
+    assert_eq!(call(&app, "PUT", &t("policies/throttled"), ADMIN, Some(throttled)).await.0, StatusCode::CREATED);
+    // ... and at most one alert per hour for this policy, whatever the group.
+    let capped = json!({"name": "Capped", "eventTypes": ["DATA_ANOMALY"], "severity": "low", "groupBy": ["entityId"], "maxAlertsPerHour": 1,
+        "condition": {"rules": [{"field": "entityId", "operator": "exists"}]}, "receivers": ["pd"]});
+    assert_eq!(call(&app, "PUT", &t("policies/capped"), ADMIN, Some(capped)).await.0, StatusCode::CREATED);
+    let sec = |outcome: &str| json!({"tenantId": tenant, "eventType": "SECURITY_EVENT", "source": "AWS", "data": {"user": "mallory", "outcome": outcome}});
+    let anomaly = |e: &str| json!({"tenantId": tenant, "eventType": "DATA_ANOMALY", "source": "AWS", "entityId": e});
+    for ev in [sec("denied"), sec("success"), sec("denied"), anomaly("a-1"), anomaly("a-2")] {
+        assert_eq!(call(&app, "POST", "/events", ADMIN, Some(ev)).await.0, StatusCode::ACCEPTED);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (suppressed, list) = loop {
+        let (_, list) = call(&app, "GET", &t("alerts?status=suppressed"), ADMIN, None).await;
+        if list["count"] == 2 || Instant::now() > deadline {
+            break (list["count"].clone(), list);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(suppressed, 2, "{list}");
+    let reasons: Vec<&str> =
+        list["alerts"].as_array().expect("alerts").iter().filter_map(|a| a["reason"].as_str()).collect();
+    assert!(reasons.contains(&"throttled") && reasons.contains(&"max_alerts_per_hour"), "{reasons:?}");
+    // Notified: the first security alert (trigger), its resolve, the first anomaly — and nothing for the suppressed.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let actions: Vec<String> =
+        rec.of("pd").iter().skip(4).map(|(_, b)| b["event_action"].as_str().unwrap_or_default().to_string()).collect();
+    assert_eq!(actions, vec!["trigger", "resolve", "trigger"], "{actions:?}");
 }
