@@ -22,7 +22,7 @@ use producer::sinks::kafka::KafkaSink;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedHeaders};
-use schemas::policy::{render, AlertPolicy, CompiledPolicy, PolicySet};
+use schemas::policy::{render, AlertPolicy, CompiledPolicy, InhibitRule, Matcher, PolicySet, Silence};
 use schemas::receiver::Receiver;
 use schemas::TenantId;
 use serde_json::Value;
@@ -54,10 +54,26 @@ pub enum AlertStreamError {
     Kafka(#[from] rdkafka::error::KafkaError),
 }
 
-/// A tenant's compiled policies, rebuilt when the configuration log changes.
+/// A tenant's compiled policies, silences and inhibition rules, rebuilt when the configuration log changes.
 struct PolicyCache {
     generation: u64,
-    sets: HashMap<TenantId, Arc<PolicySet>>,
+    sets: HashMap<TenantId, Arc<TenantRules>>,
+}
+
+struct TenantRules {
+    policies: PolicySet,
+    silences: Vec<(Silence, Matcher)>,
+    /// (source, target, labels that must be equal)
+    inhibits: Vec<(Matcher, Matcher, Vec<String>)>,
+}
+
+/// The labels silences and inhibition rules match on.
+fn labels(policy_id: &str, severity: &str, group_key: &str, event: Option<&Value>) -> Value {
+    let mut v = serde_json::json!({"policyId": policy_id, "severity": severity, "groupKey": group_key});
+    if let Some(e) = event {
+        v["event"] = e.clone();
+    }
+    v
 }
 
 struct Ctx {
@@ -71,7 +87,7 @@ struct Ctx {
 }
 
 impl Ctx {
-    fn policies(&self, t: &TenantId) -> Arc<PolicySet> {
+    fn rules(&self, t: &TenantId) -> Arc<TenantRules> {
         let generation = self.configs.generation();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.generation != generation {
@@ -90,7 +106,26 @@ impl Ctx {
                 CompiledPolicy::compile(&id, p).ok()
             })
             .collect();
-        let set = Arc::new(PolicySet::new(compiled));
+        let silences = self
+            .configs
+            .objects(t, ObjectKind::Silence)
+            .into_iter()
+            .filter_map(|(_, o)| {
+                let s = Silence::from_json(o.body?).ok()?;
+                let m = Matcher::new(&s.matchers, "matchers").ok()?;
+                Some((s, m))
+            })
+            .collect();
+        let inhibits = self
+            .configs
+            .objects(t, ObjectKind::InhibitRule)
+            .into_iter()
+            .filter_map(|(_, o)| {
+                let r = InhibitRule::from_json(o.body?).ok()?;
+                Some((Matcher::new(&r.source, "source").ok()?, Matcher::new(&r.target, "target").ok()?, r.equal))
+            })
+            .collect();
+        let set = Arc::new(TenantRules { policies: PolicySet::new(compiled), silences, inhibits });
         cache.sets.insert(t.clone(), set.clone());
         set
     }
@@ -143,7 +178,8 @@ impl Ctx {
     /// Evaluates one event; raises what matches.
     async fn on_event(self: &Arc<Self>, event: &Value) {
         let Some(tenant) = schemas::event::peek_tenant(event) else { return };
-        let set = self.policies(&tenant);
+        let rules = self.rules(&tenant);
+        let set = &rules.policies;
         if set.is_empty() {
             return;
         }
@@ -156,7 +192,9 @@ impl Ctx {
         for p in set.matching(event) {
             let pol = &p.policy;
             let group_key = p.group_key(event);
+            let mute = self.mute(&tenant, &rules, &p.id, pol.severity.as_str(), &group_key, event).await;
             let firing = Firing {
+                mute,
                 tenant: &tenant,
                 policy_id: &p.id,
                 group_key: &group_key,
@@ -179,6 +217,41 @@ impl Ctx {
         }
     }
 
+    /// Whether a new alert must be raised silently: a silence in force matches it, or a firing alert matching an
+    /// inhibition rule's source (with equal labels) mutes it.
+    async fn mute(
+        &self,
+        tenant: &TenantId,
+        rules: &TenantRules,
+        policy_id: &str,
+        severity: &str,
+        group_key: &str,
+        event: &Value,
+    ) -> Option<&'static str> {
+        let l = labels(policy_id, severity, group_key, Some(event));
+        let now = time::OffsetDateTime::now_utc();
+        if rules.silences.iter().any(|(s, m)| s.active(now) && m.matches(&l)) {
+            return Some("silenced");
+        }
+        let targeted: Vec<&(Matcher, Matcher, Vec<String>)> =
+            rules.inhibits.iter().filter(|(_, target, _)| target.matches(&l)).collect();
+        if targeted.is_empty() {
+            return None;
+        }
+        let firing = self.store.list(tenant.as_str(), 1000).await.ok()?;
+        for a in firing.iter().filter(|a| {
+            matches!(a.status, producer::alerts::AlertStatus::Active | producer::alerts::AlertStatus::Acknowledged)
+        }) {
+            let sl = labels(&a.policy_id, a.severity.as_str(), &a.group_key, None);
+            for (source, _, equal) in &targeted {
+                if a.policy_id != policy_id && source.matches(&sl) && equal.iter().all(|k| sl.get(k) == l.get(k)) {
+                    return Some("inhibited");
+                }
+            }
+        }
+        None
+    }
+
     async fn resolve(self: &Arc<Self>, tenant: &TenantId, id: &str, receivers: &[String]) {
         match self.store.transition_by(tenant.as_str(), id, producer::alerts::AlertStatus::Resolved, "policy").await {
             Ok(Some((a, true))) => self.notify(tenant, receivers, "resolved", &a),
@@ -196,7 +269,8 @@ impl Ctx {
         }
         let now = time::OffsetDateTime::now_utc();
         for t in self.configs.tenants() {
-            let set = self.policies(&t.id);
+            let rules = self.rules(&t.id);
+            let set = &rules.policies;
             let limits: HashMap<&str, (u32, &[String])> = set
                 .all()
                 .iter()

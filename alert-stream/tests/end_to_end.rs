@@ -431,4 +431,55 @@ async fn resolve_condition_and_auto_resolve() {
     let actions: Vec<String> =
         rec.of("pd").iter().skip(4).map(|(_, b)| b["event_action"].as_str().unwrap_or_default().to_string()).collect();
     assert_eq!(actions, vec!["trigger", "resolve", "trigger"], "{actions:?}");
+
+    // A silence mutes matching alerts while it is in force.
+    let until = "2999-01-01T00:00:00Z";
+    let silence = json!({"matchers": {"rules": [{"field": "event.data.userId", "operator": "eq", "value": "maintenance-bot"}]}, "endsAt": until, "comment": "planned work"});
+    assert_eq!(call(&app, "PUT", &t("silences/maintenance"), ADMIN, Some(silence)).await.0, StatusCode::CREATED);
+    let user = json!({"name": "User action", "eventTypes": ["USER_ACTION"], "severity": "medium", "groupBy": ["data.userId"],
+        "condition": {"rules": [{"field": "data.userId", "operator": "exists"}]}, "receivers": ["pd"]});
+    assert_eq!(call(&app, "PUT", &t("policies/user"), ADMIN, Some(user)).await.0, StatusCode::CREATED);
+    // An inhibition rule: a firing critical alert mutes low ones of the same group.
+    let inhibit = json!({"source": {"rules": [{"field": "severity", "operator": "eq", "value": "critical"}]},
+        "target": {"rules": [{"field": "severity", "operator": "eq", "value": "low"}]}, "equal": ["groupKey"]});
+    assert_eq!(
+        call(&app, "PUT", &t("inhibit-rules/outage-mutes-degraded"), ADMIN, Some(inhibit)).await.0,
+        StatusCode::CREATED
+    );
+    let outage = json!({"name": "Outage", "eventTypes": ["CLOUD_OUTAGE"], "severity": "critical", "groupBy": ["data.region"],
+        "condition": {"rules": [{"field": "data.region", "operator": "exists"}]}, "receivers": ["pd"]});
+    let degraded = json!({"name": "Degraded", "eventTypes": ["SYSTEM_PERFORMANCE"], "severity": "low", "groupBy": ["data.region"],
+        "condition": {"rules": [{"field": "data.region", "operator": "exists"}]}, "receivers": ["pd"]});
+    assert_eq!(call(&app, "PUT", &t("policies/outage"), ADMIN, Some(outage)).await.0, StatusCode::CREATED);
+    assert_eq!(call(&app, "PUT", &t("policies/degraded"), ADMIN, Some(degraded)).await.0, StatusCode::CREATED);
+    let before = rec.of("pd").len();
+    let evs = [
+        json!({"tenantId": tenant, "eventType": "USER_ACTION", "source": "FRONTEND_APP", "data": {"userId": "maintenance-bot"}}),
+        json!({"tenantId": tenant, "eventType": "CLOUD_OUTAGE", "source": "AWS", "data": {"provider": "aws", "region": "eu"}}),
+    ];
+    for ev in evs {
+        assert_eq!(call(&app, "POST", "/events", ADMIN, Some(ev)).await.0, StatusCode::ACCEPTED);
+    }
+    rec.wait("pd", before + 1, 30).await;
+    for region in ["eu", "us"] {
+        let ev =
+            json!({"tenantId": tenant, "eventType": "SYSTEM_PERFORMANCE", "source": "AWS", "data": {"region": region}});
+        assert_eq!(call(&app, "POST", "/events", ADMIN, Some(ev)).await.0, StatusCode::ACCEPTED);
+    }
+    let got = rec.wait("pd", before + 2, 30).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let summaries: Vec<String> = rec.of("pd")[before..]
+        .iter()
+        .map(|(_, b)| b["payload"]["component"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        summaries,
+        vec!["outage", "degraded"],
+        "only the outage and the us degradation were notified ({})",
+        got.len()
+    );
+    let (_, list) = call(&app, "GET", &t("alerts?status=suppressed"), ADMIN, None).await;
+    let reasons: Vec<&str> =
+        list["alerts"].as_array().expect("alerts").iter().filter_map(|a| a["reason"].as_str()).collect();
+    assert!(reasons.contains(&"silenced") && reasons.contains(&"inhibited"), "{reasons:?}");
 }

@@ -140,6 +140,8 @@ pub struct Firing<'a> {
     pub event_id: &'a str,
     pub throttle_minutes: u32,
     pub max_alerts_per_hour: Option<u32>,
+    /// Raise silently for this reason (`silenced`, `inhibited`), decided by the caller.
+    pub mute: Option<&'static str>,
 }
 
 /// What happened to an alert when an event matched.
@@ -276,8 +278,8 @@ impl AlertStore {
             last_event_id: f.event_id.to_string(),
         };
         // Throttle: a group that was notified within the window is raised silently.
-        let mut suppressed = None;
-        if f.throttle_minutes > 0 {
+        let mut suppressed = f.mute;
+        if suppressed.is_none() && f.throttle_minutes > 0 {
             let mut c = redis::cmd("SET");
             c.arg(format!("evstream:{t}:alert:{id}:throttle"))
                 .arg(1)

@@ -151,6 +151,8 @@ pub struct State {
 pub enum ObjectKind {
     Policy,
     Receiver,
+    Silence,
+    InhibitRule,
 }
 
 impl ObjectKind {
@@ -158,6 +160,8 @@ impl ObjectKind {
         match self {
             Self::Policy => "policy",
             Self::Receiver => "receiver",
+            Self::Silence => "silence",
+            Self::InhibitRule => "inhibit_rule",
         }
     }
 }

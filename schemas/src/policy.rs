@@ -810,3 +810,161 @@ mod tests {
         }
     }
 }
+
+/// A condition compiled on its own: silences and inhibition rules match alert labels with it.
+#[derive(Debug, Clone)]
+pub struct Matcher {
+    root: Compiled,
+}
+
+impl Matcher {
+    pub fn new(c: &Condition, at: &str) -> Result<Self, Vec<FieldError>> {
+        Ok(Self { root: CompiledPolicy::compile_node(&Node::Group(c.clone()), at, 0, &mut 0)? })
+    }
+
+    pub fn matches(&self, v: &Value) -> bool {
+        eval(&self.root, v)
+    }
+}
+
+fn parse_time(s: &str) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// Mutes matching alerts between `startsAt` (default: now) and `endsAt`. Matchers see the alert's labels:
+/// `policyId`, `severity`, `groupKey`, and `event` (the event that raised it), e.g. `event.data.region`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Silence {
+    pub matchers: Condition,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starts_at: Option<String>,
+    pub ends_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+impl Silence {
+    pub fn from_json(v: Value) -> Result<Self, Vec<FieldError>> {
+        let s: Silence = serde_path_to_error::deserialize(v).map_err(|e| {
+            let path = e.path().to_string();
+            vec![FieldError::new(
+                if path == "." { String::new() } else { path },
+                "invalid_value",
+                e.inner().to_string(),
+            )]
+        })?;
+        let mut errs = Vec::new();
+        let end = parse_time(&s.ends_at);
+        if end.is_none() {
+            errs.push(FieldError::new("endsAt", "invalid_timestamp", "an RFC 3339 time"));
+        }
+        if let Some(st) = &s.starts_at {
+            match (parse_time(st), end) {
+                (None, _) => errs.push(FieldError::new("startsAt", "invalid_timestamp", "an RFC 3339 time")),
+                (Some(a), Some(b)) if a >= b => {
+                    errs.push(FieldError::new("endsAt", "out_of_range", "endsAt must be after startsAt"))
+                }
+                _ => {}
+            }
+        }
+        if let Err(mut e) = Matcher::new(&s.matchers, "matchers") {
+            errs.append(&mut e);
+        }
+        if errs.is_empty() {
+            Ok(s)
+        } else {
+            Err(errs)
+        }
+    }
+
+    /// Is the silence in force at `now`?
+    pub fn active(&self, now: time::OffsetDateTime) -> bool {
+        let started = self.starts_at.as_deref().and_then(parse_time).is_none_or(|s| s <= now);
+        started && parse_time(&self.ends_at).is_some_and(|e| now < e)
+    }
+}
+
+/// While an alert matching `source` is firing (active or acknowledged), new alerts matching `target` whose labels
+/// named in `equal` have the same values are muted. Labels: `policyId`, `severity`, `groupKey`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InhibitRule {
+    pub source: Condition,
+    pub target: Condition,
+    #[serde(default)]
+    pub equal: Vec<String>,
+}
+
+impl InhibitRule {
+    pub fn from_json(v: Value) -> Result<Self, Vec<FieldError>> {
+        let r: InhibitRule = serde_path_to_error::deserialize(v).map_err(|e| {
+            let path = e.path().to_string();
+            vec![FieldError::new(
+                if path == "." { String::new() } else { path },
+                "invalid_value",
+                e.inner().to_string(),
+            )]
+        })?;
+        let mut errs = Vec::new();
+        for (c, at) in [(&r.source, "source"), (&r.target, "target")] {
+            if let Err(mut e) = Matcher::new(c, at) {
+                errs.append(&mut e);
+            }
+        }
+        for (i, l) in r.equal.iter().enumerate() {
+            if !matches!(l.as_str(), "policyId" | "severity" | "groupKey") {
+                errs.push(FieldError::new(
+                    format!("equal[{i}]"),
+                    "invalid_value",
+                    "one of policyId, severity, groupKey",
+                ));
+            }
+        }
+        if errs.is_empty() {
+            Ok(r)
+        } else {
+            Err(errs)
+        }
+    }
+}
+
+#[cfg(test)]
+mod matcher_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn silences_validate_and_apply_in_their_window() {
+        let s =
+            Silence::from_json(json!({"matchers": {"rules": [{"field": "policyId", "operator": "eq", "value": "p"}]},
+            "startsAt": "2026-01-01T00:00:00Z", "endsAt": "2026-01-02T00:00:00Z"}))
+            .unwrap();
+        let at = |t: &str| parse_time(t).unwrap();
+        assert!(s.active(at("2026-01-01T12:00:00Z")));
+        assert!(!s.active(at("2026-01-02T00:00:00Z")));
+        assert!(!s.active(at("2025-12-31T23:59:59Z")));
+        let e = Silence::from_json(json!({"matchers": {"rules": [{"field": "policyId", "operator": "exists"}]}, "startsAt": "2026-01-02T00:00:00Z", "endsAt": "2026-01-01T00:00:00Z"})).unwrap_err();
+        assert_eq!(e[0].field, "endsAt");
+        let e = InhibitRule::from_json(
+            json!({"source": {"rules": [{"field": "severity", "operator": "eq", "value": "critical"}]},
+            "target": {"rules": [{"field": "severity", "operator": "eq", "value": "low"}]}, "equal": ["region"]}),
+        )
+        .unwrap_err();
+        assert_eq!(e[0].field, "equal[0]");
+        let m = Matcher::new(
+            &Condition {
+                match_all: true,
+                rules: vec![Node::Rule(Rule {
+                    field: "event.data.region".into(),
+                    operator: Operator::Eq,
+                    value: json!("eu"),
+                    case_sensitive: true,
+                })],
+            },
+            "m",
+        )
+        .unwrap();
+        assert!(m.matches(&json!({"event": {"data": {"region": "eu"}}})));
+    }
+}

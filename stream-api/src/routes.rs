@@ -12,7 +12,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use axum::routing::{get, post};
 use axum::Router;
-use objects::{Policies, Receivers};
+use objects::{InhibitRules, Policies, Receivers, Silences};
 
 pub fn router(_state: AppState) -> Router<AppState> {
     Router::new()
@@ -33,6 +33,18 @@ pub fn router(_state: AppState) -> Router<AppState> {
         .route("/tenants/{tenant}/alerts/{id}", get(alerts::get_one))
         .route("/tenants/{tenant}/alerts/{id}/acknowledge", post(alerts::acknowledge))
         .route("/tenants/{tenant}/alerts/{id}/resolve", post(alerts::resolve))
+        .route("/tenants/{tenant}/silences", get(objects::list::<Silences>))
+        .route(
+            "/tenants/{tenant}/silences/{id}",
+            get(objects::get_one::<Silences>).put(objects::put::<Silences>).delete(objects::delete::<Silences>),
+        )
+        .route("/tenants/{tenant}/inhibit-rules", get(objects::list::<InhibitRules>))
+        .route(
+            "/tenants/{tenant}/inhibit-rules/{id}",
+            get(objects::get_one::<InhibitRules>)
+                .put(objects::put::<InhibitRules>)
+                .delete(objects::delete::<InhibitRules>),
+        )
         .route("/tenants/{tenant}/receivers", get(objects::list::<Receivers>))
         .route(
             "/tenants/{tenant}/receivers/{id}",

@@ -13,7 +13,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use producer::config_log::{ConfigRecord, ObjectKind, Refusal, Verdict, VersionedObject};
-use schemas::policy::{valid_id, AlertPolicy};
+use schemas::policy::{valid_id, AlertPolicy, InhibitRule, Silence};
 use schemas::receiver::Receiver;
 use schemas::{FieldError, TenantId};
 use serde_json::{json, Value};
@@ -32,6 +32,33 @@ pub trait Kind: Send + Sync + 'static {
 
 pub struct Policies;
 pub struct Receivers;
+pub struct Silences;
+pub struct InhibitRules;
+
+impl Kind for Silences {
+    const KIND: ObjectKind = ObjectKind::Silence;
+    const PLURAL: &'static str = "silences";
+    fn validate(doc: Value) -> Result<Value, ApiError> {
+        let s = Silence::from_json(doc).map_err(|e| invalid("invalid_silence", "Invalid silence", e))?;
+        Ok(serde_json::to_value(s).unwrap_or(Value::Null))
+    }
+    fn show(body: &Value) -> Value {
+        body.clone()
+    }
+}
+
+impl Kind for InhibitRules {
+    const KIND: ObjectKind = ObjectKind::InhibitRule;
+    const PLURAL: &'static str = "inhibitRules";
+    fn validate(doc: Value) -> Result<Value, ApiError> {
+        let r =
+            InhibitRule::from_json(doc).map_err(|e| invalid("invalid_inhibit_rule", "Invalid inhibition rule", e))?;
+        Ok(serde_json::to_value(r).unwrap_or(Value::Null))
+    }
+    fn show(body: &Value) -> Value {
+        body.clone()
+    }
+}
 
 fn invalid(code: &'static str, title: &'static str, errors: Vec<FieldError>) -> ApiError {
     let mut e = ApiError::invalid(errors);
