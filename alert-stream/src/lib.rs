@@ -54,6 +54,9 @@ pub enum AlertStreamError {
     Kafka(#[from] rdkafka::error::KafkaError),
 }
 
+/// The group key of absence alerts (one per policy).
+const ABSENCE_GROUP: &str = "absence";
+
 /// A tenant's compiled policies, silences and inhibition rules, rebuilt when the configuration log changes.
 struct PolicyCache {
     generation: u64,
@@ -191,6 +194,15 @@ impl Ctx {
         }
         for p in set.matching(event) {
             let pol = &p.policy;
+            if pol.absence_secs.is_some() {
+                // An absence policy: a matching event is the heartbeat, and ends an open absence alert.
+                if let Err(e) = self.store.heartbeat(tenant.as_str(), &p.id).await {
+                    tracing::warn!(error = %e, "absence heartbeat not recorded");
+                }
+                let id = producer::alerts::alert_id(&tenant, &p.id, ABSENCE_GROUP);
+                self.resolve(&tenant, &id, &pol.receivers).await;
+                continue;
+            }
             let group_key = p.group_key(event);
             let mute = self.mute(&tenant, &rules, &p.id, pol.severity.as_str(), &group_key, event).await;
             let firing = Firing {
@@ -271,6 +283,7 @@ impl Ctx {
         for t in self.configs.tenants() {
             let rules = self.rules(&t.id);
             let set = &rules.policies;
+            self.check_absence(&t.id, set, now).await;
             let limits: HashMap<&str, (u32, &[String])> = set
                 .all()
                 .iter()
@@ -293,6 +306,49 @@ impl Ctx {
                 if open && last.is_some_and(|l| (now - l).whole_seconds() >= i64::from(*secs)) {
                     self.resolve(&t.id, &a.id, receivers).await;
                 }
+            }
+        }
+    }
+
+    /// Raises the alert of every absence policy that saw no matching event for its `absenceSecs` (counted from
+    /// the policy's last change when it never saw one).
+    async fn check_absence(self: &Arc<Self>, tenant: &TenantId, set: &PolicySet, now: time::OffsetDateTime) {
+        let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
+        for p in set.all().iter().filter(|p| p.policy.enabled) {
+            let Some(secs) = p.policy.absence_secs else { continue };
+            let since = match self.store.last_heartbeat(tenant.as_str(), &p.id).await {
+                Ok(Some(ms)) => ms,
+                Ok(None) => self
+                    .configs
+                    .object(tenant, ObjectKind::Policy, &p.id)
+                    .and_then(|o| {
+                        time::OffsetDateTime::parse(&o.updated_at, &time::format_description::well_known::Rfc3339).ok()
+                    })
+                    .map_or(now_ms, |t| (t.unix_timestamp_nanos() / 1_000_000) as i64),
+                Err(_) => continue,
+            };
+            if now_ms - since < i64::from(secs) * 1000 {
+                continue;
+            }
+            let pol = &p.policy;
+            let firing = Firing {
+                mute: None,
+                tenant,
+                policy_id: &p.id,
+                group_key: ABSENCE_GROUP,
+                severity: pol.severity,
+                summary: pol
+                    .summary_template
+                    .clone()
+                    .unwrap_or_else(|| format!("{}: no matching event for {secs} s", pol.name)),
+                message: pol.message_template.clone(),
+                // One absence per quiet period: the same period never raises twice.
+                event_id: &format!("absence-{since}"),
+                throttle_minutes: pol.throttle_minutes,
+                max_alerts_per_hour: pol.max_alerts_per_hour,
+            };
+            if let Ok(Raised::Opened { alert, reopened }) = self.store.raise(firing).await {
+                self.notify(tenant, &pol.receivers, if reopened { "reopened" } else { "opened" }, &alert);
             }
         }
     }

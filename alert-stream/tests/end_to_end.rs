@@ -482,4 +482,19 @@ async fn resolve_condition_and_auto_resolve() {
     let reasons: Vec<&str> =
         list["alerts"].as_array().expect("alerts").iter().filter_map(|a| a["reason"].as_str()).collect();
     assert!(reasons.contains(&"silenced") && reasons.contains(&"inhibited"), "{reasons:?}");
+
+    // Absence: no backup event within 2 s raises an alert; the next backup event resolves it.
+    let heartbeat = json!({"name": "Backups", "eventTypes": ["AUDIT_EVENT"], "severity": "high", "absenceSecs": 2,
+        "condition": {"rules": [{"field": "data.auditEventType", "operator": "eq", "value": "backup_done"}]}, "receivers": ["pd"]});
+    let before = rec.of("pd").len();
+    assert_eq!(call(&app, "PUT", &t("policies/heartbeat"), ADMIN, Some(heartbeat)).await.0, StatusCode::CREATED);
+    let got = rec.wait("pd", before + 1, 30).await;
+    assert_eq!(got[before].1["event_action"], "trigger");
+    assert_eq!(got[before].1["payload"]["component"], "heartbeat");
+    assert!(got[before].1["payload"]["summary"].as_str().expect("summary").contains("no matching event for 2 s"));
+    let backup = json!({"tenantId": tenant, "eventType": "AUDIT_EVENT", "source": "BACKEND_API", "data": {"auditEventType": "backup_done"}});
+    assert_eq!(call(&app, "POST", "/events", ADMIN, Some(backup)).await.0, StatusCode::ACCEPTED);
+    let got = rec.wait("pd", before + 2, 30).await;
+    assert_eq!(got[before + 1].1["event_action"], "resolve");
+    assert_eq!(got[before + 1].1["dedup_key"], got[before].1["dedup_key"]);
 }

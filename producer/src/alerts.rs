@@ -371,6 +371,20 @@ impl AlertStore {
         Ok(Some((a, true)))
     }
 
+    /// Records that an absence policy saw a matching event now.
+    pub async fn heartbeat(&self, tenant: &str, policy: &str) -> Result<(), AlertStoreError> {
+        let mut c = redis::cmd("SET");
+        c.arg(format!("evstream:{tenant}:absence:{policy}")).arg(now_ms());
+        Ok(self.redis.query(&c).await?)
+    }
+
+    /// When an absence policy last saw a matching event (milliseconds since the epoch).
+    pub async fn last_heartbeat(&self, tenant: &str, policy: &str) -> Result<Option<i64>, AlertStoreError> {
+        let mut c = redis::cmd("GET");
+        c.arg(format!("evstream:{tenant}:absence:{policy}"));
+        Ok(self.redis.query(&c).await?)
+    }
+
     /// A lease for work that one instance should do at a time (the auto-resolve sweep): true when this caller
     /// holds it for `ttl_secs`.
     pub async fn lease(&self, name: &str, ttl_secs: u64) -> bool {

@@ -127,6 +127,10 @@ pub struct AlertPolicy {
     /// An event matching this (e.g. a Grafana/Alertmanager `resolved` event) resolves the open alert of its group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolve_condition: Option<Condition>,
+    /// An absence policy ("dead man's switch"): it alerts when no event matching the condition arrived for this
+    /// long, and resolves when one arrives. Matching events do not raise alerts themselves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub absence_secs: Option<u32>,
     /// Resolve an alert that saw no matching event for this long.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_resolve_after_secs: Option<u32>,
@@ -180,6 +184,9 @@ impl AlertPolicy {
             if let Err(mut e) = CompiledPolicy::compile_node(&Node::Group(rc.clone()), "resolveCondition", 0, &mut 0) {
                 errs.append(&mut e);
             }
+        }
+        if p.absence_secs == Some(0) {
+            errs.push(FieldError::new("absenceSecs", "out_of_range", "at least 1"));
         }
         if p.auto_resolve_after_secs == Some(0) {
             errs.push(FieldError::new(
