@@ -498,3 +498,102 @@ async fn resolve_condition_and_auto_resolve() {
     assert_eq!(got[before + 1].1["event_action"], "resolve");
     assert_eq!(got[before + 1].1["dedup_key"], got[before].1["dedup_key"]);
 }
+
+/// Two alert-stream processes in one consumer group split the work and never notify an alert twice; when one
+/// stops, the other takes over its partitions and nothing is lost or repeated.
+#[tokio::test]
+async fn two_consumers_share_the_work_without_duplicates() {
+    let rec = Recorder::default();
+    let recv_app = Router::new().route("/{name}", post(receive)).with_state(rec.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, recv_app).await });
+    let settings = Settings {
+        kafka: KafkaSinkConfig { brokers: testkit::kafka_brokers(), linger_ms: 1, ..KafkaSinkConfig::default() },
+        redis_url: testkit::redis_url(),
+        redis_queue: 1000,
+        admin_key: Some(ADMIN.into()),
+        events_topic: testkit::unique("evstream.events"),
+        config_topic: testkit::unique("evstream.config"),
+        deadletter_topic: testkit::unique("evstream.deadletter"),
+        alerts_topic: testkit::unique("evstream.alerts"),
+        alerts_deadletter_topic: testkit::unique("evstream.alerts.deadletter"),
+        api: ApiConfig { partitions: 4, ..ApiConfig::default() },
+        idempotency_window: Duration::from_secs(600),
+        default_quota: Quota { events_per_second: 100_000, bytes_per_second: 1 << 30, burst_seconds: 2 },
+    };
+    let started = bootstrap::start(&settings, None).await.expect("start");
+    let state = started.state.clone();
+    let app = stream_api::app(started.state);
+    let group = testkit::unique("alerts-group");
+    let consumer = |stop: tokio::sync::oneshot::Receiver<()>| {
+        let cfg = alert_stream::AlertStreamConfig {
+            brokers: settings.kafka.brokers.clone(),
+            topics: vec![settings.events_topic.clone()],
+            alerts_topic: settings.alerts_topic.clone(),
+            deadletter_topic: settings.alerts_deadletter_topic.clone(),
+            group_id: group.clone(),
+            start_from: "earliest".into(),
+            session_timeout_ms: 6000,
+            delivery: alert_stream::notify::DeliveryPolicy {
+                attempts: 2,
+                base_backoff: Duration::from_millis(100),
+                timeout: Duration::from_secs(2),
+            },
+            max_deliveries: 100,
+            sweep_every: Duration::from_secs(5),
+        };
+        let (configs, store, kafka) =
+            (state.pipeline.configs().clone(), state.alerts.clone(), state.pipeline.kafka().clone());
+        tokio::spawn(alert_stream::run(cfg, configs, store, kafka, async move {
+            let _ = stop.await;
+        }))
+    };
+    let (stop_a, rx_a) = tokio::sync::oneshot::channel();
+    let (_stop_b, rx_b) = tokio::sync::oneshot::channel::<()>();
+    let a = consumer(rx_a);
+    let _b = consumer(rx_b);
+
+    let tenants: Vec<String> = (0..6).map(|_| testkit::unique("tenant")).collect();
+    for tenant in &tenants {
+        assert_eq!(call(&app, "POST", "/tenants", ADMIN, Some(json!({"id": tenant}))).await.0, StatusCode::CREATED);
+        let hook = json!({"type": "webhook", "url": format!("{base}/hook")});
+        assert_eq!(
+            call(&app, "PUT", &format!("/tenants/{tenant}/receivers/hook"), ADMIN, Some(hook)).await.0,
+            StatusCode::CREATED
+        );
+        let p = json!({"name": "Every action", "eventTypes": ["USER_ACTION"], "severity": "info", "groupBy": ["data.n"],
+            "condition": {"rules": [{"field": "data.n", "operator": "exists"}]}, "receivers": ["hook"]});
+        assert_eq!(
+            call(&app, "PUT", &format!("/tenants/{tenant}/policies/every"), ADMIN, Some(p)).await.0,
+            StatusCode::CREATED
+        );
+    }
+    let post = |n: usize| {
+        let tenant = tenants[n % tenants.len()].clone();
+        let app = app.clone();
+        async move {
+            let ev =
+                json!({"tenantId": tenant, "eventType": "USER_ACTION", "source": "FRONTEND_APP", "data": {"n": n}});
+            assert_eq!(call(&app, "POST", "/events", ADMIN, Some(ev)).await.0, StatusCode::ACCEPTED);
+        }
+    };
+    for n in 0..30 {
+        post(n).await;
+    }
+    assert_eq!(rec.wait("hook", 30, 90).await.len(), 30);
+    // One consumer leaves; the other must take over its partitions.
+    let _ = stop_a.send(());
+    let _ = a.await;
+    for n in 30..50 {
+        post(n).await;
+    }
+    let got = rec.wait("hook", 50, 90).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let got_after = rec.of("hook");
+    assert_eq!(got_after.len(), got.len(), "late duplicates arrived");
+    let mut ns: Vec<u64> =
+        got_after.iter().filter_map(|(_, b)| b["alert"]["groupKey"].as_str()?.parse().ok()).collect();
+    ns.sort_unstable();
+    assert_eq!(ns, (0..50).collect::<Vec<u64>>(), "every alert exactly once");
+}
