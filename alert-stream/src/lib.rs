@@ -192,8 +192,12 @@ impl Ctx {
             let id = producer::alerts::alert_id(&tenant, &p.id, &p.group_key(event));
             self.resolve(&tenant, &id, &p.policy.receivers).await;
         }
+        let now = time::OffsetDateTime::now_utc();
         for p in set.matching(event) {
             let pol = &p.policy;
+            if !pol.active_at(now) {
+                continue;
+            }
             if pol.absence_secs.is_some() {
                 // An absence policy: a matching event is the heartbeat, and ends an open absence alert.
                 if let Err(e) = self.store.heartbeat(tenant.as_str(), &p.id).await {
@@ -314,7 +318,7 @@ impl Ctx {
     /// the policy's last change when it never saw one).
     async fn check_absence(self: &Arc<Self>, tenant: &TenantId, set: &PolicySet, now: time::OffsetDateTime) {
         let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
-        for p in set.all().iter().filter(|p| p.policy.enabled) {
+        for p in set.all().iter().filter(|p| p.policy.enabled && p.policy.active_at(now)) {
             let Some(secs) = p.policy.absence_secs else { continue };
             let since = match self.store.last_heartbeat(tenant.as_str(), &p.id).await {
                 Ok(Some(ms)) => ms,

@@ -127,6 +127,9 @@ pub struct AlertPolicy {
     /// An event matching this (e.g. a Grafana/Alertmanager `resolved` event) resolves the open alert of its group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolve_condition: Option<Condition>,
+    /// When the policy is active (any of the windows); none: always.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub active_windows: Vec<TimeWindow>,
     /// An absence policy ("dead man's switch"): it alerts when no event matching the condition arrived for this
     /// long, and resolves when one arrives. Matching events do not raise alerts themselves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -134,6 +137,154 @@ pub struct AlertPolicy {
     /// Resolve an alert that saw no matching event for this long.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_resolve_after_secs: Option<u32>,
+}
+
+/// Days and hours in which a policy is active, at a fixed UTC offset (`+01:00`). `end` before `start` spans
+/// midnight (`22:00`-`06:00`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TimeWindow {
+    /// `mon` .. `sun`; empty: every day.
+    #[serde(default)]
+    pub days: Vec<String>,
+    /// `HH:MM`.
+    pub start: String,
+    pub end: String,
+    #[serde(default = "utc")]
+    pub utc_offset: String,
+}
+
+fn utc() -> String {
+    "+00:00".into()
+}
+
+const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+
+fn hhmm(s: &str) -> Option<u32> {
+    let (h, m) = s.split_once(':')?;
+    let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60 && s.len() == 5).then_some(h * 60 + m)
+}
+
+fn offset_minutes(s: &str) -> Option<i32> {
+    let sign = match s.as_bytes().first()? {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let m = hhmm(s.get(1..)?)? as i32;
+    (m <= 14 * 60).then_some(sign * m)
+}
+
+impl TimeWindow {
+    fn check(&self) -> Result<(), (&'static str, &'static str)> {
+        if hhmm(&self.start).is_none() {
+            return Err(("start", "HH:MM"));
+        }
+        if hhmm(&self.end).is_none() {
+            return Err(("end", "HH:MM"));
+        }
+        if offset_minutes(&self.utc_offset).is_none() {
+            return Err(("utcOffset", "+HH:MM or -HH:MM, at most 14 hours"));
+        }
+        if !self.days.iter().all(|d| DAYS.contains(&d.as_str())) {
+            return Err(("days", "mon, tue, wed, thu, fri, sat, sun"));
+        }
+        Ok(())
+    }
+
+    /// Is `now` inside this window?
+    pub fn contains(&self, now: time::OffsetDateTime) -> bool {
+        let (Some(start), Some(end), Some(off)) =
+            (hhmm(&self.start), hhmm(&self.end), offset_minutes(&self.utc_offset))
+        else {
+            return false;
+        };
+        let Ok(offset) = time::UtcOffset::from_whole_seconds(off * 60) else { return false };
+        let local = now.to_offset(offset);
+        let minute = u32::from(local.hour()) * 60 + u32::from(local.minute());
+        let day = DAYS[local.weekday().number_days_from_monday() as usize];
+        // A window spanning midnight belongs to the day it starts on.
+        let (in_time, day_of_start) = if start <= end {
+            (minute >= start && minute < end, day)
+        } else if minute >= start {
+            (true, day)
+        } else {
+            (minute < end, DAYS[(local.weekday().number_days_from_monday() as usize + 6) % 7])
+        };
+        in_time && (self.days.is_empty() || self.days.iter().any(|d| d == day_of_start))
+    }
+}
+
+impl AlertPolicy {
+    /// Is the policy active at `now` (no windows: always)?
+    pub fn active_at(&self, now: time::OffsetDateTime) -> bool {
+        self.active_windows.is_empty() || self.active_windows.iter().any(|w| w.contains(now))
+    }
+}
+
+/// Built-in policy packs a tenant can enable: `(pack, [(policy id, policy document)])`. Receivers are added when
+/// the pack is enabled.
+pub fn packs() -> Vec<(&'static str, Vec<(&'static str, Value)>)> {
+    use serde_json::json;
+    let threshold = |name: &str, metric: &str, value: f64, severity: &str| {
+        json!({"name": name, "eventTypes": ["RESOURCE_METRIC"], "severity": severity, "groupBy": ["data.resourceId", "data.metric"],
+               "throttleMinutes": 15, "summaryTemplate": format!("{name}: {{data.resourceId}} at {{data.value}}{{data.unit}}"),
+               "condition": {"rules": [{"field": "data.metric", "operator": "eq", "value": metric, "caseSensitive": false},
+                                       {"field": "data.value", "operator": "gt", "value": value}]}})
+    };
+    vec![
+        (
+            "resource-thresholds",
+            vec![
+                ("pack-resource-cpu", threshold("CPU above 90%", "cpu", 90.0, "high")),
+                ("pack-resource-memory", threshold("Memory above 85%", "memory", 85.0, "high")),
+                ("pack-resource-storage", threshold("Storage above 90%", "storage", 90.0, "high")),
+                ("pack-resource-network", threshold("Network errors above 5%", "network_errors", 5.0, "medium")),
+            ],
+        ),
+        (
+            "security",
+            vec![
+                (
+                    "pack-security-unauthorized",
+                    json!({"name": "Unauthorized access", "eventTypes": ["SECURITY_EVENT", "AUDIT_EVENT"], "severity": "critical",
+                    "groupBy": ["data.principal"], "throttleMinutes": 5, "summaryTemplate": "Unauthorized access by {data.principal}",
+                    "condition": {"matchAll": false, "rules": [{"field": "data.outcome", "operator": "in", "value": ["denied", "failure"]},
+                                                             {"field": "data.auditEventType", "operator": "in", "value": ["unauthorized_access", "login_failed"]}]}}),
+                ),
+                (
+                    "pack-security-config-change",
+                    json!({"name": "Configuration change", "eventTypes": ["SECURITY_EVENT", "AUDIT_EVENT"], "severity": "medium",
+                    "groupBy": ["data.resourceId"], "summaryTemplate": "Configuration of {data.resourceId} changed by {data.principal}",
+                    "condition": {"rules": [{"field": "data.auditEventType", "operator": "regex", "value": "config(uration)?_chang", "caseSensitive": false}]}}),
+                ),
+            ],
+        ),
+        (
+            "platform-health",
+            vec![
+                (
+                    "pack-health-error-rate",
+                    json!({"name": "Error rate above 5%", "eventTypes": ["SYSTEM_PERFORMANCE", "SYSTEM_ERROR"], "severity": "high",
+                    "groupBy": ["data.component"], "throttleMinutes": 10, "summaryTemplate": "{data.component}: error rate {data.errorRate}%",
+                    "condition": {"rules": [{"field": "data.errorRate", "operator": "gt", "value": 5}]}}),
+                ),
+                (
+                    "pack-health-delay",
+                    json!({"name": "Processing delay above 30 s", "eventTypes": ["SYSTEM_PERFORMANCE"], "severity": "high",
+                    "groupBy": ["data.component"], "throttleMinutes": 10, "summaryTemplate": "{data.component}: processing delay {data.processingDelaySecs} s",
+                    "condition": {"rules": [{"field": "data.processingDelaySecs", "operator": "gt", "value": 30}]}}),
+                ),
+                (
+                    "pack-health-destinations",
+                    json!({"name": "Failed destination", "eventTypes": ["SYSTEM_ERROR"], "severity": "critical",
+                    "groupBy": ["data.destination"], "throttleMinutes": 10, "summaryTemplate": "Destination {data.destination} failing",
+                    "condition": {"rules": [{"field": "data.destination", "operator": "exists"}]}}),
+                ),
+            ],
+        ),
+    ]
 }
 
 /// Policy and receiver ids: 1-64 of lower-case letters, digits and `-`.
@@ -183,6 +334,11 @@ impl AlertPolicy {
         if let Some(rc) = &p.resolve_condition {
             if let Err(mut e) = CompiledPolicy::compile_node(&Node::Group(rc.clone()), "resolveCondition", 0, &mut 0) {
                 errs.append(&mut e);
+            }
+        }
+        for (i, w) in p.active_windows.iter().enumerate() {
+            if let Err(e) = w.check() {
+                errs.push(FieldError::new(format!("activeWindows[{i}].{}", e.0), "invalid_value", e.1));
             }
         }
         if p.absence_secs == Some(0) {
@@ -940,6 +1096,46 @@ impl InhibitRule {
 mod matcher_tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn packs_are_valid_policies() {
+        for (pack, policies) in packs() {
+            for (id, doc) in policies {
+                let p = AlertPolicy::from_json(doc).unwrap_or_else(|e| panic!("{pack}/{id}: {e:?}"));
+                assert!(valid_id(id) && CompiledPolicy::compile(id, p).is_ok());
+            }
+        }
+        let cpu = AlertPolicy::from_json(packs()[0].1[0].1.clone()).unwrap();
+        let p = CompiledPolicy::compile("c", cpu).unwrap();
+        assert!(p.matches(
+            &json!({"eventType": "RESOURCE_METRIC", "data": {"metric": "CPU", "value": 97.5, "resourceId": "vm-1"}})
+        ));
+        assert!(!p.matches(&json!({"eventType": "RESOURCE_METRIC", "data": {"metric": "cpu", "value": 50}})));
+    }
+
+    #[test]
+    fn time_windows() {
+        let w = |days: Value, start: &str, end: &str, off: &str| {
+            serde_json::from_value::<TimeWindow>(json!({"days": days, "start": start, "end": end, "utcOffset": off}))
+                .unwrap()
+        };
+        let at = |t: &str| parse_time(t).unwrap();
+        // 2026-11-24 is a Tuesday.
+        let office = w(json!(["mon", "tue", "wed", "thu", "fri"]), "09:00", "17:00", "+01:00");
+        assert!(office.contains(at("2026-11-24T08:30:00Z"))); // 09:30 local
+        assert!(!office.contains(at("2026-11-24T16:30:00Z"))); // 17:30 local
+        assert!(!office.contains(at("2026-11-22T10:00:00Z"))); // Sunday
+        let night = w(json!(["fri"]), "22:00", "06:00", "+00:00");
+        assert!(night.contains(at("2026-11-27T23:00:00Z"))); // Friday night
+        assert!(night.contains(at("2026-11-28T05:00:00Z"))); // Saturday early, window started Friday
+        assert!(!night.contains(at("2026-11-28T23:00:00Z")));
+        let e = AlertPolicy::from_json(
+            json!({"name": "x", "severity": "low", "condition": {"rules": [{"field": "a", "operator": "exists"}]},
+            "activeWindows": [{"start": "25:00", "end": "10:00"}]}),
+        )
+        .unwrap_err();
+        assert_eq!(e[0].field, "activeWindows[0].start");
+    }
 
     #[test]
     fn silences_validate_and_apply_in_their_window() {

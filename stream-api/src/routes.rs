@@ -29,6 +29,8 @@ pub fn router(_state: AppState) -> Router<AppState> {
             "/tenants/{tenant}/policies/{id}",
             get(objects::get_one::<Policies>).put(objects::put::<Policies>).delete(objects::delete::<Policies>),
         )
+        .route("/policy-packs", get(policies::list_packs))
+        .route("/tenants/{tenant}/policy-packs/{pack}", post(policies::enable_pack))
         .route("/tenants/{tenant}/alerts", get(alerts::list))
         .route("/tenants/{tenant}/alerts/{id}", get(alerts::get_one))
         .route("/tenants/{tenant}/alerts/{id}/acknowledge", post(alerts::acknowledge))

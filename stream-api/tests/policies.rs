@@ -184,3 +184,30 @@ async fn receivers_hide_their_secrets() {
     let r = app.put(&path, &key, &json!({"type": "pagerduty", "routingKey": "R0UT1NGKEY", "extra": 1}), None).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
 }
+
+/// A built-in pack is listed, enabled for a tenant with its receivers, and its policies work.
+#[tokio::test]
+async fn policy_packs() {
+    let app = TestApp::start().await;
+    let (tenant, key) = app.tenant().await;
+    let r = app.get("/policy-packs", &key).await;
+    let names: Vec<&str> =
+        r.body["packs"].as_array().expect("packs").iter().filter_map(|p| p["pack"].as_str()).collect();
+    assert_eq!(names, vec!["resource-thresholds", "security", "platform-health"]);
+    let r = app
+        .post(&format!("/tenants/{tenant}/policy-packs/resource-thresholds"), &key, &json!({"receivers": ["oncall"]}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let r = app.get(&format!("/tenants/{tenant}/policies"), &key).await;
+    let ps = r.body["policies"].as_array().expect("policies");
+    assert_eq!(ps.len(), 4);
+    assert!(ps.iter().all(|p| p["receivers"] == json!(["oncall"])));
+    let sample = json!({"tenantId": tenant, "eventType": "RESOURCE_METRIC", "source": "AWS", "data": {"metric": "cpu", "value": 97.5, "unit": "%", "resourceId": "vm-7"}});
+    let r = app.post(&format!("/tenants/{tenant}/policies/pack-resource-cpu/test"), &key, &sample).await;
+    assert_eq!(r.body["matched"], true);
+    assert_eq!(r.body["alert"]["summary"], "CPU above 90%: vm-7 at 97.5%");
+    assert_eq!(
+        app.post(&format!("/tenants/{tenant}/policy-packs/nope"), &key, &json!({})).await.status,
+        StatusCode::NOT_FOUND
+    );
+}

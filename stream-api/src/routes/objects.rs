@@ -171,7 +171,7 @@ fn conflict(current: u64) -> ApiError {
     )
 }
 
-async fn write<K: Kind>(
+pub(crate) async fn write<K: Kind>(
     state: &AppState,
     t: &TenantId,
     id: &str,

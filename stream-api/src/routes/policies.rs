@@ -1,7 +1,9 @@
 //! `POST /tenants/{tenant}/policies/{id}/test`: evaluates a sample event against a stored policy and shows which
-//! rules matched and the alert that would be raised. (Policy CRUD is in [`super::objects`].)
+//! rules matched and the alert that would be raised. `GET /policy-packs` and
+//! `POST /tenants/{tenant}/policy-packs/{pack}`: built-in sets of policies a tenant can enable. (Policy CRUD is in
+//! [`super::objects`].)
 
-use super::objects::{live, object_id, Policies};
+use super::objects::{live, object_id, write, Kind, Policies};
 use crate::auth::Auth;
 use crate::body;
 use crate::error::ApiError;
@@ -50,4 +52,42 @@ pub async fn test(
         })
     });
     Ok(Json(json!({"policyId": id, "matched": matched, "rules": rules, "alert": alert})).into_response())
+}
+
+/// `GET /policy-packs`: the built-in packs and their policies.
+pub async fn list_packs() -> Response {
+    let packs: Vec<serde_json::Value> = schemas::policy::packs()
+        .into_iter()
+        .map(|(name, ps)| json!({"pack": name, "policies": ps.into_iter().map(|(id, doc)| json!({"id": id, "policy": doc})).collect::<Vec<_>>()}))
+        .collect();
+    Json(json!({"packs": packs})).into_response()
+}
+
+/// `POST /tenants/{tenant}/policy-packs/{pack}` with `{"receivers": [...]}`: stores the pack's policies (ids
+/// `pack-...`) for the tenant, replacing earlier versions of them.
+pub async fn enable_pack(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path((tenant, pack)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let t = auth.tenant(&state, &tenant)?;
+    let Some((_, policies)) = schemas::policy::packs().into_iter().find(|(n, _)| *n == pack) else {
+        return Err(ApiError::not_found("unknown_pack", "no such policy pack (GET /policy-packs lists them)"));
+    };
+    let doc = body::json_document(&headers, body, 64 * 1024, Duration::from_millis(state.cfg.body_timeout_ms)).await?;
+    let receivers = match doc.get("receivers") {
+        None => json!([]),
+        Some(r @ serde_json::Value::Array(_)) => r.clone(),
+        Some(_) => return Err(ApiError::invalid(vec![FieldError::wrong_type("receivers", "a list of receiver ids")])),
+    };
+    let mut enabled = Vec::new();
+    for (id, mut policy) in policies {
+        policy["receivers"] = receivers.clone();
+        let stored = Policies::validate(policy)?;
+        write::<Policies>(&state, &t, id, None, Some(stored)).await?;
+        enabled.push(id);
+    }
+    Ok(Json(json!({"pack": pack, "policies": enabled})).into_response())
 }
