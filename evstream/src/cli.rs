@@ -23,6 +23,8 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// Measure tenant isolation: a quiet tenant's p99 with and without a noisy tenant flooding at 10x its quota.
     NoisyNeighbour(crate::noisy::NoisyArgs),
+    /// Verify the audit trail's hash chains and report the first break.
+    AuditVerify(crate::audit::AuditVerifyArgs),
     /// Measure alert-policy evaluation throughput (100 tenants x 1,000 policies on pre-built events).
     PolicyBench(crate::policy_bench::PolicyBenchArgs),
 }
@@ -56,6 +58,9 @@ pub struct Common {
     /// Notifications that could not be delivered after the last retry.
     #[arg(long, env = "EVSTREAM_ALERTS_DEADLETTER_TOPIC", default_value = "evstream.alerts.deadletter")]
     pub alerts_deadletter_topic: String,
+    /// The hash-chained audit trail of configuration and alert actions.
+    #[arg(long, env = "EVSTREAM_AUDIT_TOPIC", default_value = "evstream.audit")]
+    pub audit_topic: String,
     /// Consumer group of the alert stream (every `evstream alerts` process of a deployment shares it).
     #[arg(long, env = "EVSTREAM_ALERTS_GROUP", default_value = "evstream-alerts")]
     pub alerts_group: String,

@@ -2,6 +2,7 @@
 //! `serve` runs every role in one process; `api`, `alerts` and `change-feed` run one role each so that roles
 //! scale out separately; `bench` measures the ingest path.
 
+mod audit;
 mod bench;
 mod cli;
 mod noisy;
@@ -29,6 +30,7 @@ fn main() -> anyhow::Result<()> {
             cli::Command::Bench(b) => bench::run(b).await,
             cli::Command::NoisyNeighbour(n) => noisy::run(n).await,
             cli::Command::PolicyBench(p) => policy_bench::run(p),
+            cli::Command::AuditVerify(a) => audit::run(a),
         }
     })
 }

@@ -25,6 +25,7 @@ pub fn settings(o: &Common) -> Settings {
         deadletter_topic: o.deadletter_topic.clone(),
         alerts_topic: o.alerts_topic.clone(),
         alerts_deadletter_topic: o.alerts_deadletter_topic.clone(),
+        audit_topic: o.audit_topic.clone(),
         idempotency_window: Duration::from_secs(o.idempotency_window_secs),
         default_quota: schemas::config::Quota {
             events_per_second: o.quota_events_per_sec,

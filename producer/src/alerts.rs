@@ -117,6 +117,7 @@ pub struct AlertStore {
     redis: RedisConn,
     kafka: KafkaSink,
     topic: String,
+    audit: crate::audit::AuditLog,
 }
 
 fn key(t: &str, id: &str) -> String {
@@ -158,8 +159,8 @@ pub enum Raised {
 }
 
 impl AlertStore {
-    pub fn new(redis: RedisConn, kafka: KafkaSink, topic: String) -> Self {
-        Self { redis, kafka, topic }
+    pub fn new(redis: RedisConn, kafka: KafkaSink, topic: String, audit: crate::audit::AuditLog) -> Self {
+        Self { redis, kafka, topic, audit }
     }
 
     pub async fn get(&self, tenant: &str, id: &str) -> Result<Option<Alert>, AlertStoreError> {
@@ -217,6 +218,16 @@ impl AlertStore {
     }
 
     async fn publish(&self, kind: &str, a: &Alert, by: &str) {
+        // API actions are audited with their caller by the API; the alert stream's own actions are audited here.
+        if by != "api" {
+            self.audit.append(crate::audit::AuditEntry {
+                actor: by.to_string(),
+                action: format!("alert.{kind}"),
+                tenant: Some(a.tenant_id.clone()),
+                subject: format!("alert/{}", a.id),
+                outcome: a.status.as_str().to_string(),
+            });
+        }
         let t = Transition { kind: kind.to_string(), alert: a.clone(), by: by.to_string() };
         let Ok(payload) = serde_json::to_vec(&t) else { return };
         let headers = OwnedHeaders::new()

@@ -14,9 +14,11 @@
 //! - [`tenant_stats`]: per-tenant rates, rejects and latency in Redis, shared by all instances.
 //! - [`topics`]: creating the topics evstream needs.
 //! - [`alerts`]: alert state in Redis and alert transitions on the alerts topic (shared by the alert stream and the API).
+//! - [`audit`]: the hash-chained audit trail of configuration and alert actions, and its verification.
 //! - [`metric_names`]: every Prometheus metric name, in one place.
 
 pub mod alerts;
+pub mod audit;
 pub mod config_log;
 pub mod dead_letter;
 pub mod enrich;

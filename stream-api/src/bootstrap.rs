@@ -4,6 +4,7 @@
 use crate::state::{ApiConfig, AppState};
 use metrics_exporter_prometheus::PrometheusHandle;
 use producer::alerts::AlertStore;
+use producer::audit::AuditLog;
 use producer::config_log::{ConfigLog, ConfigLogConfig, ConfigRecord, Verdict};
 use producer::dead_letter::DeadLetters;
 use producer::idempotency::{Idempotency, IdempotencyConfig};
@@ -30,6 +31,8 @@ pub struct Settings {
     /// Alert transitions (keyed by alert id) and undeliverable notifications.
     pub alerts_topic: String,
     pub alerts_deadletter_topic: String,
+    /// The hash-chained audit trail.
+    pub audit_topic: String,
     pub api: ApiConfig,
     /// How long a seen event id / Idempotency-Key is remembered.
     pub idempotency_window: Duration,
@@ -70,6 +73,7 @@ pub async fn start(s: &Settings, prometheus: Option<PrometheusHandle>) -> Result
             spec(&s.deadletter_topic, false, s.api.partitions),
             spec(&s.alerts_topic, false, s.api.partitions),
             spec(&s.alerts_deadletter_topic, false, s.api.partitions),
+            spec(&s.audit_topic, false, 1),
         ])
         .await?;
     let configs = ConfigLog::start(
@@ -116,8 +120,12 @@ pub async fn start(s: &Settings, prometheus: Option<PrometheusHandle>) -> Result
         },
     );
     let quotas = Quotas::new(redis.connection(), s.default_quota.clone());
-    let alerts = AlertStore::new(redis_conn.clone(), kafka.clone(), s.alerts_topic.clone());
+    let audit = AuditLog::new(kafka.clone(), s.audit_topic.clone());
+    let alerts = AlertStore::new(redis_conn.clone(), kafka.clone(), s.alerts_topic.clone(), audit.clone());
     let pipeline =
         Pipeline::new(pcfg, Parts { kafka, redis, configs, stats, dead, topics: topics.clone(), idempotency, quotas });
-    Ok(Started { state: AppState::new(pipeline, s.api.clone(), prometheus, topics, alerts), generated_admin_key })
+    Ok(Started {
+        state: AppState::new(pipeline, s.api.clone(), prometheus, topics, alerts, audit),
+        generated_admin_key,
+    })
 }

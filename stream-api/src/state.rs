@@ -2,6 +2,7 @@
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use producer::alerts::AlertStore;
+use producer::audit::AuditLog;
 use producer::topics::Topics;
 use producer::Pipeline;
 use std::sync::Arc;
@@ -51,6 +52,7 @@ pub struct AppState {
     pub in_flight: Arc<Semaphore>,
     pub sse_streams: Arc<Semaphore>,
     pub alerts: AlertStore,
+    pub audit: AuditLog,
 }
 
 impl AppState {
@@ -60,9 +62,11 @@ impl AppState {
         prometheus: Option<PrometheusHandle>,
         topics: Arc<Topics>,
         alerts: AlertStore,
+        audit: AuditLog,
     ) -> Self {
         Self {
             alerts,
+            audit,
             pipeline,
             in_flight: Arc::new(Semaphore::new(cfg.max_in_flight)),
             sse_streams: Arc::new(Semaphore::new(cfg.max_sse_streams)),

@@ -13,6 +13,26 @@ use tracing::Instrument;
 pub async fn middleware(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
     let method = req.method().as_str().to_string();
+    let audited = matches!(method.as_str(), "POST" | "PUT" | "DELETE")
+        && (route.starts_with("/tenants") || route.starts_with("/stream-config"));
+    let audit = audited.then(|| {
+        let actor = req
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|k| state.pipeline.configs().authenticate(k.trim()))
+            .map_or_else(
+                || "anonymous".to_string(),
+                |p| match p {
+                    producer::config_log::Principal::Admin => "admin".to_string(),
+                    producer::config_log::Principal::Tenant { key_id, .. } => format!("key:{key_id}"),
+                },
+            );
+        let path = req.uri().path().to_string();
+        let tenant = path.split('/').nth(2).map(str::to_string);
+        (actor, path, tenant)
+    });
     let exempt = matches!(route.as_str(), "/health" | "/ready" | "/metrics");
     let _permit = if exempt {
         None
@@ -35,6 +55,16 @@ pub async fn middleware(State(state): State<AppState>, req: Request, next: Next)
     span.record("status", status);
     let elapsed = started.elapsed().as_secs_f64();
     metrics::histogram!(m::HTTP_REQUEST_DURATION_SECONDS, "route" => route.clone()).record(elapsed);
+    if let (Some((actor, path, tenant)), true) = (audit, status < 400) {
+        // Successful configuration and alert actions go to the audit trail, with who did them.
+        state.audit.append(producer::audit::AuditEntry {
+            actor,
+            action: format!("{method} {route}"),
+            tenant,
+            subject: path,
+            outcome: status.to_string(),
+        });
+    }
     metrics::counter!(m::HTTP_REQUESTS_TOTAL, "route" => route, "method" => method, "status" => status.to_string())
         .increment(1);
     res

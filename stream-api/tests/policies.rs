@@ -211,3 +211,67 @@ async fn policy_packs() {
         StatusCode::NOT_FOUND
     );
 }
+
+/// Configuration and alert actions land on the audit topic as a hash chain, with who did them; a forged record
+/// breaks the chain where it was inserted.
+#[tokio::test]
+async fn actions_are_audited_in_a_hash_chain() {
+    use producer::audit::{verify, AuditRecord};
+    let app = TestApp::start().await;
+    let (tenant, key) = app.tenant().await;
+    assert_eq!(
+        app.put(&format!("/tenants/{tenant}/policies/p1"), &key, &high_risk(), None).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        app.put(&format!("/stream-config/{tenant}"), &key, &json!({"retentionDays": 3}), None).await.status,
+        StatusCode::OK
+    );
+    // A refused action is not an action.
+    assert_eq!(
+        app.put(&format!("/tenants/{tenant}/policies/p2"), &key, &json!({"name": "x"}), None).await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let read = || async {
+        let recs = testkit::read_topic(&app.brokers, &app.audit_topic, Duration::from_secs(20), |rs| rs.len() >= 4)
+            .await
+            .expect("read");
+        recs.iter()
+            .map(|r| serde_json::from_slice::<AuditRecord>(&r.payload).expect("audit record"))
+            .collect::<Vec<_>>()
+    };
+    let records = read().await;
+    assert_eq!(records.len(), 4, "tenant, key, policy, stream config");
+    assert_eq!(verify(&records).expect("intact").chains, 1);
+    let actions: Vec<(&str, &str)> =
+        records.iter().map(|r| (r.entry.actor.as_str(), r.entry.action.as_str())).collect();
+    assert!(actions.contains(&("admin", "POST /tenants")));
+    assert!(actions
+        .iter()
+        .any(|(actor, action)| actor.starts_with("key:") && *action == "PUT /tenants/{tenant}/policies/{id}"));
+    assert!(!records.iter().any(|r| r.entry.subject.contains("p2")));
+    // Forge: append a record claiming to be next in the chain, but with a made-up previous hash.
+    let last = records.iter().max_by_key(|r| r.seq).expect("last").clone();
+    let mut forged = last.clone();
+    forged.seq += 1;
+    forged.entry.action = "DELETE /tenants/{tenant}/policies/{id}".into();
+    forged.prev_hash = "f".repeat(64);
+    forged.hash = forged.compute_hash();
+    let producer: rdkafka::producer::FutureProducer =
+        rdkafka::config::ClientConfig::new().set("bootstrap.servers", &app.brokers).create().expect("producer");
+    let payload = serde_json::to_vec(&forged).expect("json");
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(&app.audit_topic).key(&forged.chain_id).payload(&payload),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("forged record written");
+    let recs = testkit::read_topic(&app.brokers, &app.audit_topic, Duration::from_secs(20), |rs| rs.len() >= 5)
+        .await
+        .expect("read");
+    let records: Vec<AuditRecord> =
+        recs.iter().map(|r| serde_json::from_slice(&r.payload).expect("audit record")).collect();
+    let broken = verify(&records).expect_err("the forgery is detected");
+    assert_eq!(broken.seq, forged.seq);
+}

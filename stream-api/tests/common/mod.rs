@@ -50,6 +50,7 @@ pub struct TestApp {
     pub events_topic: String,
     pub deadletter_topic: String,
     pub config_topic: String,
+    pub audit_topic: String,
 }
 
 pub struct Reply {
@@ -91,6 +92,7 @@ impl TestApp {
             deadletter_topic: testkit::unique("evstream.deadletter"),
             alerts_topic: o.alerts_topic.clone(),
             alerts_deadletter_topic: testkit::unique("evstream.alerts.deadletter"),
+            audit_topic: testkit::unique("evstream.audit"),
             idempotency_window: Duration::from_secs(600),
             default_quota: o.quota,
             api: ApiConfig { partitions: 3, ..o.api },
@@ -104,6 +106,7 @@ impl TestApp {
             events_topic: settings.events_topic,
             deadletter_topic: settings.deadletter_topic,
             config_topic: o.config_topic,
+            audit_topic: settings.audit_topic.clone(),
         }
     }
 
