@@ -132,11 +132,27 @@ pub(crate) struct ChildServer {
 
 impl ChildServer {
     pub async fn start(brokers: &str, redis: &str, port: u16, tag: &str, max_bulk: usize) -> anyhow::Result<Self> {
+        Self::start_role("api", brokers, redis, port, tag, max_bulk).await
+    }
+
+    /// Starts `evstream <role>` (`api` or `serve`).
+    pub async fn start_role(
+        role: &str,
+        brokers: &str,
+        redis: &str,
+        port: u16,
+        tag: &str,
+        max_bulk: usize,
+    ) -> anyhow::Result<Self> {
         let port = if port == 0 { free_port()? } else { port };
         let admin = format!("bench-admin-{tag}");
         let log = std::fs::File::create(std::env::temp_dir().join(format!("evstream-bench-{tag}.log")))?;
         let child = tokio::process::Command::new(std::env::current_exe()?)
-            .arg("api")
+            .arg(role)
+            .env("EVSTREAM_ALERTS_START_FROM", "earliest")
+            .env("EVSTREAM_ALERTS_GROUP", format!("evstream-alerts-{tag}"))
+            .env("EVSTREAM_ALERTS_TOPIC", format!("evstream.bench.alerts-{tag}"))
+            .env("EVSTREAM_AUDIT_TOPIC", format!("evstream.bench.audit-{tag}"))
             .env("EVSTREAM_KAFKA_BROKERS", brokers)
             .env("EVSTREAM_REDIS_URL", redis)
             .env("EVSTREAM_LISTEN", format!("127.0.0.1:{port}"))

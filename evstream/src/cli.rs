@@ -23,6 +23,8 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// Measure tenant isolation: a quiet tenant's p99 with and without a noisy tenant flooding at 10x its quota.
     NoisyNeighbour(crate::noisy::NoisyArgs),
+    /// Measure alert latency end to end: POST /events to the webhook receiver.
+    AlertLatency(crate::alert_bench::AlertLatencyArgs),
     /// Verify the audit trail's hash chains and report the first break.
     AuditVerify(crate::audit::AuditVerifyArgs),
     /// Measure alert-policy evaluation throughput (100 tenants x 1,000 policies on pre-built events).

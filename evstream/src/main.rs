@@ -2,6 +2,7 @@
 //! `serve` runs every role in one process; `api`, `alerts` and `change-feed` run one role each so that roles
 //! scale out separately; `bench` measures the ingest path.
 
+mod alert_bench;
 mod audit;
 mod bench;
 mod cli;
@@ -31,6 +32,7 @@ fn main() -> anyhow::Result<()> {
             cli::Command::NoisyNeighbour(n) => noisy::run(n).await,
             cli::Command::PolicyBench(p) => policy_bench::run(p),
             cli::Command::AuditVerify(a) => audit::run(a),
+            cli::Command::AlertLatency(a) => alert_bench::run(a).await,
         }
     })
 }

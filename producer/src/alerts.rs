@@ -242,18 +242,28 @@ impl AlertStore {
     /// event: a redelivered event changes nothing.
     pub async fn raise(&self, f: Firing<'_>) -> Result<Raised, AlertStoreError> {
         let id = alert_id(f.tenant, f.policy_id, f.group_key);
-        let t = f.tenant.as_str();
+        let t = f.tenant.as_str().to_string();
+        let seen_key = format!("evstream:{t}:alert:{id}:event:{}", f.event_id);
         let mut seen = redis::cmd("SET");
-        seen.arg(format!("evstream:{t}:alert:{id}:event:{}", f.event_id)).arg(1).arg("NX").arg("EX").arg(86_400);
+        seen.arg(&seen_key).arg(1).arg("NX").arg("EX").arg(86_400);
         let first: Option<String> = self.redis.query(&seen).await?;
         if first.is_none() {
             return Ok(Raised::Seen);
         }
+        let r = self.raise_new(f, &id, &t).await;
+        if r.is_err() {
+            // Not applied: forget the event, so that its redelivery raises it.
+            let _: Result<(), _> = self.redis.query(&*redis::cmd("DEL").arg(&seen_key)).await;
+        }
+        r
+    }
+
+    async fn raise_new(&self, f: Firing<'_>, id: &str, t: &str) -> Result<Raised, AlertStoreError> {
+        let id = id.to_string();
         let now = now_rfc3339();
         let existing = self.get(t, &id).await?;
-        if let Some(mut a) = existing
-            .clone()
-            .filter(|a| matches!(a.status, AlertStatus::Active | AlertStatus::Acknowledged | AlertStatus::Suppressed))
+        if let Some(mut a) =
+            existing.clone().filter(|a| matches!(a.status, AlertStatus::Active | AlertStatus::Acknowledged))
         {
             a.count += 1;
             a.last_seen = now.clone();
@@ -282,8 +292,12 @@ impl AlertStore {
             severity: f.severity,
             summary: f.summary,
             message: f.message,
-            count: 1,
-            first_seen: now.clone(),
+            // A suppressed alert is raised again (and may now be notified); it keeps its history and count.
+            count: existing.as_ref().filter(|e| e.status == AlertStatus::Suppressed).map_or(1, |e| e.count + 1),
+            first_seen: existing
+                .as_ref()
+                .filter(|e| e.status == AlertStatus::Suppressed)
+                .map_or_else(|| now.clone(), |e| e.first_seen.clone()),
             last_seen: now.clone(),
             reason: None,
             last_event_id: f.event_id.to_string(),
@@ -366,7 +380,6 @@ impl AlertStore {
         }
         a.status = to;
         let now = now_rfc3339();
-        a.last_seen.clone_from(&now);
         self.put(
             &a,
             &HistoryEntry {

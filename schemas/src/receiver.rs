@@ -120,6 +120,21 @@ impl Receiver {
             )]
         })?;
         let bad = |f: &str| Err(vec![FieldError::new(f, "invalid_url", "an http(s) URL")]);
+        // A document read back from the API shows secrets masked; storing the mask would break the receiver.
+        let masked = |s: &Secret| s.expose().starts_with("****");
+        let masked_field = match &r {
+            Receiver::Webhook { secret: Some(s), .. } if masked(s) => Some("secret"),
+            Receiver::Pagerduty { routing_key, .. } if masked(routing_key) => Some("routingKey"),
+            Receiver::Email { password: Some(p), .. } if masked(p) => Some("password"),
+            _ => None,
+        };
+        if let Some(f) = masked_field {
+            return Err(vec![FieldError::new(
+                f,
+                "masked_secret",
+                "send the secret itself, not the masked value the API shows",
+            )]);
+        }
         match &r {
             Receiver::Webhook { url, .. } if !http_url(url.expose()) => bad("url"),
             Receiver::Slack { webhook_url } | Receiver::Teams { webhook_url } if !http_url(webhook_url.expose()) => {

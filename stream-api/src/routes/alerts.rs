@@ -18,7 +18,7 @@ fn unavailable() -> ApiError {
 }
 
 fn alert_id(id: &str) -> Result<&str, ApiError> {
-    if !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
         Ok(id)
     } else {
         Err(ApiError::bad_request("invalid_id", "alert ids are hexadecimal").with_errors(vec![FieldError::new(
@@ -44,6 +44,16 @@ pub async fn list(
                 .with_errors(vec![FieldError::new("limit", "out_of_range", "1..=1000")]))
         }
     };
+    let bad = |f: &str, allowed: &str| {
+        ApiError::bad_request("invalid_query", format!("{f} must be one of {allowed}"))
+            .with_errors(vec![FieldError::new(f, "invalid_value", allowed.to_string())])
+    };
+    if q.get("status").is_some_and(|s| !matches!(s.as_str(), "active" | "acknowledged" | "resolved" | "suppressed")) {
+        return Err(bad("status", "active, acknowledged, resolved, suppressed"));
+    }
+    if q.get("severity").is_some_and(|s| !matches!(s.as_str(), "info" | "low" | "medium" | "high" | "critical")) {
+        return Err(bad("severity", "info, low, medium, high, critical"));
+    }
     let all = state.alerts.list(t.as_str(), 1000).await.map_err(|_| unavailable())?;
     let mut alerts = AlertStore::filter(all, &q);
     alerts.truncate(limit);
