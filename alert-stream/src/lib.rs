@@ -46,7 +46,27 @@ pub struct AlertStreamConfig {
     pub max_deliveries: usize,
     /// How often alerts are checked for `autoResolveAfterSecs`.
     pub sweep_every: Duration,
+    /// A notification taken by an instance that has not finished it after this long (the instance died) is
+    /// delivered by another. Longer than a delivery with all its retries can take.
+    pub reclaim_after: Duration,
 }
+
+/// One notification to deliver: the outbox record. Written to a Redis stream before the event's offset is stored,
+/// so that a crash between raising an alert and notifying its receivers loses nothing.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Job {
+    pub tenant: String,
+    pub receiver: String,
+    pub kind: String,
+    pub alert: Alert,
+}
+
+/// The outbox stream of a deployment (one per alert consumer group).
+pub fn outbox_key(group: &str) -> String {
+    format!("evstream:alerts:outbox:{group}")
+}
+
+const DELIVERERS: &str = "deliverers";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AlertStreamError {
@@ -140,41 +160,55 @@ impl Ctx {
 
     /// Sends one transition to each of the policy's receivers, each on its own task: a slow receiver delays
     /// nothing else. Attempts go to the alert's history; failures after the last retry to the dead-letter topic.
-    fn notify(self: &Arc<Self>, tenant: &TenantId, receivers: &[String], kind: &str, alert: &Alert) {
+    /// Queues one notification per receiver in the outbox (awaited: the caller stores its offset afterwards).
+    /// When Redis is unreachable the notification is sent directly, without the crash protection.
+    async fn notify(self: &Arc<Self>, tenant: &TenantId, receivers: &[String], kind: &str, alert: &Alert) {
         for rid in receivers {
-            let Some(r) = self.receiver(tenant, rid) else {
-                tracing::warn!(receiver = %rid, "policy names an unknown receiver");
-                continue;
-            };
-            let (ctx, rid, kind, alert, rkind) = (self.clone(), rid.clone(), kind.to_string(), alert.clone(), r.kind());
-            let email = notify::email(&r, &kind, &alert);
-            let req = notify::request(&r, &kind, &alert);
-            if email.is_none() && req.is_none() {
-                continue;
+            let job =
+                Job { tenant: tenant.to_string(), receiver: rid.clone(), kind: kind.to_string(), alert: alert.clone() };
+            let mut c = redis::cmd("XADD");
+            c.arg(outbox_key(&self.cfg.group_id))
+                .arg("*")
+                .arg("job")
+                .arg(serde_json::to_string(&job).unwrap_or_default());
+            if let Err(e) = self.store.redis().query::<String>(&c).await {
+                tracing::warn!(error = %e, "outbox unavailable; delivering directly");
+                let ctx = self.clone();
+                tokio::spawn(async move { ctx.deliver_job(job).await });
             }
-            tokio::spawn(async move {
-                let Ok(_permit) = ctx.deliveries.clone().acquire_owned().await else { return };
-                let d = match (email, req) {
-                    (Some(msg), _) => notify::deliver_email(&ctx.cfg.delivery, &rid, &r, msg).await,
-                    (None, Some(req)) => {
-                        notify::deliver(&ctx.http, &ctx.cfg.delivery, &rid, &req.url, &req.body, &req.headers).await
-                    }
-                    (None, None) => return,
-                };
-                metrics::counter!("evstream_alert_notifications_total", "receiver" => rkind, "result" => if d.ok { "ok" } else { d.reason }).increment(1);
-                for a in &d.attempts {
-                    ctx.store.record(&alert.tenant_id, &alert.id, a).await;
-                }
-                if !d.ok {
-                    let dl = notify::dead_letter(&rid, &kind, d.reason, &alert);
-                    let payload = serde_json::to_vec(&dl).unwrap_or_default();
-                    if let Err(e) =
-                        ctx.kafka.send(&ctx.cfg.deadletter_topic, &alert.id, &payload, OwnedHeaders::new(), false).await
-                    {
-                        tracing::warn!(error = %e, "alert dead letter not written");
-                    }
-                }
-            });
+        }
+    }
+
+    /// Delivers one notification with retries; records every attempt; dead-letters a final failure.
+    async fn deliver_job(self: &Arc<Self>, job: Job) {
+        let Ok(tenant) = TenantId::new(job.tenant.as_str()) else { return };
+        let Some(r) = self.receiver(&tenant, &job.receiver) else {
+            tracing::warn!(receiver = %job.receiver, "policy names an unknown receiver");
+            return;
+        };
+        let (rid, kind, alert) = (&job.receiver, job.kind.as_str(), &job.alert);
+        let email = notify::email(&r, kind, alert);
+        let req = notify::request(&r, kind, alert);
+        let Ok(_permit) = self.deliveries.clone().acquire_owned().await else { return };
+        let d = match (email, req) {
+            (Some(msg), _) => notify::deliver_email(&self.cfg.delivery, rid, &r, msg).await,
+            (None, Some(req)) => {
+                notify::deliver(&self.http, &self.cfg.delivery, rid, &req.url, &req.body, &req.headers).await
+            }
+            (None, None) => return,
+        };
+        metrics::counter!("evstream_alert_notifications_total", "receiver" => r.kind(), "result" => if d.ok { "ok" } else { d.reason }).increment(1);
+        for a in &d.attempts {
+            self.store.record(&alert.tenant_id, &alert.id, a).await;
+        }
+        if !d.ok {
+            let dl = notify::dead_letter(rid, kind, d.reason, alert);
+            let payload = serde_json::to_vec(&dl).unwrap_or_default();
+            if let Err(e) =
+                self.kafka.send(&self.cfg.deadletter_topic, &alert.id, &payload, OwnedHeaders::new(), false).await
+            {
+                tracing::warn!(error = %e, "alert dead letter not written");
+            }
         }
     }
 
@@ -225,7 +259,7 @@ impl Ctx {
                 Ok(Raised::Opened { alert, reopened }) => {
                     metrics::counter!("evstream_alerts_raised_total", "severity" => alert.severity.as_str())
                         .increment(1);
-                    self.notify(&tenant, &pol.receivers, if reopened { "reopened" } else { "opened" }, &alert);
+                    self.notify(&tenant, &pol.receivers, if reopened { "reopened" } else { "opened" }, &alert).await;
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "alert not raised (redis unavailable)"),
@@ -270,7 +304,7 @@ impl Ctx {
 
     async fn resolve(self: &Arc<Self>, tenant: &TenantId, id: &str, receivers: &[String]) {
         match self.store.transition_by(tenant.as_str(), id, producer::alerts::AlertStatus::Resolved, "policy").await {
-            Ok(Some((a, true))) => self.notify(tenant, receivers, "resolved", &a),
+            Ok(Some((a, true))) => self.notify(tenant, receivers, "resolved", &a).await,
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "alert not resolved (redis unavailable)"),
         }
@@ -352,7 +386,7 @@ impl Ctx {
                 max_alerts_per_hour: pol.max_alerts_per_hour,
             };
             if let Ok(Raised::Opened { alert, reopened }) = self.store.raise(firing).await {
-                self.notify(tenant, &pol.receivers, if reopened { "reopened" } else { "opened" }, &alert);
+                self.notify(tenant, &pol.receivers, if reopened { "reopened" } else { "opened" }, &alert).await;
             }
         }
     }
@@ -370,7 +404,7 @@ impl Ctx {
             .and_then(|b| AlertPolicy::from_json(b).ok())
             .map(|p| p.receivers)
             .unwrap_or_default();
-        self.notify(&tenant, &receivers, &t.kind, &t.alert);
+        self.notify(&tenant, &receivers, &t.kind, &t.alert).await;
     }
 }
 
@@ -391,6 +425,124 @@ fn topics_to_consume(cfg: &AlertStreamConfig, configs: &ConfigLog) -> Vec<String
 fn subscribe(consumer: &StreamConsumer, topics: &[String]) -> Result<(), rdkafka::error::KafkaError> {
     let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&refs)
+}
+
+/// Takes notifications from the outbox (a Redis stream read by the `deliverers` group) and delivers each on its
+/// own task; acknowledges and removes it when done. Every `reclaim_after / 2` it also claims notifications another
+/// instance took but never finished (it died), so that none is lost.
+async fn outbox_worker(ctx: Arc<Ctx>) {
+    let key = outbox_key(&ctx.cfg.group_id);
+    let me = format!("deliverer-{}", uuid::Uuid::new_v4());
+    let mut create = redis::cmd("XGROUP");
+    create.arg("CREATE").arg(&key).arg(DELIVERERS).arg("0").arg("MKSTREAM");
+    let mut last_reclaim = std::time::Instant::now();
+    loop {
+        // Created lazily (and again after a Redis restart); "already exists" is fine.
+        let _ = ctx.store.redis().query::<()>(&create).await;
+        let Ok(mut conn) = ctx.store.redis().client().get_multiplexed_async_connection().await else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        loop {
+            let mut entries: Vec<(String, String)> = Vec::new();
+            if last_reclaim.elapsed() >= ctx.cfg.reclaim_after / 2 {
+                last_reclaim = std::time::Instant::now();
+                let mut claim = redis::cmd("XAUTOCLAIM");
+                claim
+                    .arg(&key)
+                    .arg(DELIVERERS)
+                    .arg(&me)
+                    .arg(ctx.cfg.reclaim_after.as_millis() as u64)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(100);
+                if let Ok(reply) = claim.query_async::<redis::Value>(&mut conn).await {
+                    entries.extend(stream_entries(&reply, true));
+                }
+            }
+            let mut read = redis::cmd("XREADGROUP");
+            read.arg("GROUP")
+                .arg(DELIVERERS)
+                .arg(&me)
+                .arg("COUNT")
+                .arg(50)
+                .arg("BLOCK")
+                .arg(1000)
+                .arg("STREAMS")
+                .arg(&key)
+                .arg(">");
+            match read.query_async::<redis::Value>(&mut conn).await {
+                Ok(reply) => entries.extend(stream_entries(&reply, false)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "outbox read failed");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    break;
+                }
+            }
+            for (id, body) in entries {
+                let ctx = ctx.clone();
+                let key = key.clone();
+                tokio::spawn(async move {
+                    if let Ok(job) = serde_json::from_str::<Job>(&body) {
+                        ctx.deliver_job(job).await;
+                    }
+                    let mut pipe = redis::pipe();
+                    pipe.cmd("XACK")
+                        .arg(&key)
+                        .arg(DELIVERERS)
+                        .arg(&id)
+                        .ignore()
+                        .cmd("XDEL")
+                        .arg(&key)
+                        .arg(&id)
+                        .ignore();
+                    let _ = ctx.store.redis().query::<()>(&pipe).await;
+                });
+            }
+        }
+    }
+}
+
+/// (entry id, `job` field) pairs of an XREADGROUP or XAUTOCLAIM reply.
+fn stream_entries(reply: &redis::Value, autoclaim: bool) -> Vec<(String, String)> {
+    use redis::Value as V;
+    let entries: &[V] = match reply {
+        // XAUTOCLAIM: [next-id, [entries...], [deleted ids...]]
+        V::Array(parts) if autoclaim => match parts.get(1) {
+            Some(V::Array(e)) => e,
+            _ => return Vec::new(),
+        },
+        // XREADGROUP: [[stream, [entries...]]] (or a map in RESP3)
+        V::Array(streams) => match streams.first() {
+            Some(V::Array(s)) => match s.get(1) {
+                Some(V::Array(e)) => e,
+                _ => return Vec::new(),
+            },
+            _ => return Vec::new(),
+        },
+        _ => return Vec::new(),
+    };
+    let text = |v: &V| match v {
+        V::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        V::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    entries
+        .iter()
+        .filter_map(|e| match e {
+            V::Array(pair) => {
+                let id = text(pair.first()?)?;
+                let V::Array(fields) = pair.get(1)? else { return None };
+                let body = fields
+                    .chunks(2)
+                    .find(|kv| kv.first().and_then(text).as_deref() == Some("job"))
+                    .and_then(|kv| kv.get(1))
+                    .and_then(text)?;
+                Some((id, body))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Runs the consumer until `shutdown` resolves.
@@ -428,6 +580,7 @@ pub async fn run(
         kafka,
         http,
     });
+    tokio::spawn(outbox_worker(ctx.clone()));
     let sweeper = ctx.clone();
     let sweep = tokio::spawn(async move {
         let mut tick = tokio::time::interval(sweeper.cfg.sweep_every);

@@ -79,6 +79,7 @@ pub fn alert_config(o: &Common) -> alert_stream::AlertStreamConfig {
         },
         max_deliveries: 1000,
         sweep_every: Duration::from_secs(30),
+        reclaim_after: Duration::from_secs(300),
     }
 }
 

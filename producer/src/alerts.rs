@@ -159,6 +159,11 @@ pub enum Raised {
 }
 
 impl AlertStore {
+    /// The Redis connection (the alert stream keeps its notification outbox there too).
+    pub fn redis(&self) -> &RedisConn {
+        &self.redis
+    }
+
     pub fn new(redis: RedisConn, kafka: KafkaSink, topic: String, audit: crate::audit::AuditLog) -> Self {
         Self { redis, kafka, topic, audit }
     }
