@@ -98,58 +98,85 @@ async fn call(app: &Router, method: &str, path: &str, key: &str, body: Option<Va
     (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
 }
 
+/// The services under test: an evstream API on the real broker and Redis, a recording receiver on loopback, and
+/// alert-stream consumers started on demand.
+struct Harness {
+    rec: Recorder,
+    base: String,
+    settings: Settings,
+    state: stream_api::AppState,
+    app: Router,
+}
+
+impl Harness {
+    async fn start(partitions: i32) -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+            .try_init();
+        let rec = Recorder::default();
+        let recv_app = Router::new().route("/{name}", post(receive)).with_state(rec.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, recv_app).await });
+        let settings = Settings {
+            kafka: KafkaSinkConfig { brokers: testkit::kafka_brokers(), linger_ms: 1, ..KafkaSinkConfig::default() },
+            redis_url: testkit::redis_url(),
+            redis_queue: 1000,
+            admin_key: Some(ADMIN.into()),
+            events_topic: testkit::unique("evstream.events"),
+            config_topic: testkit::unique("evstream.config"),
+            deadletter_topic: testkit::unique("evstream.deadletter"),
+            alerts_topic: testkit::unique("evstream.alerts"),
+            alerts_deadletter_topic: testkit::unique("evstream.alerts.deadletter"),
+            audit_topic: testkit::unique("evstream.audit"),
+            api: ApiConfig { partitions, ..ApiConfig::default() },
+            idempotency_window: Duration::from_secs(600),
+            default_quota: Quota { events_per_second: 100_000, bytes_per_second: 1 << 30, burst_seconds: 2 },
+        };
+        let started = bootstrap::start(&settings, None).await.expect("start");
+        let state = started.state.clone();
+        let app = stream_api::app(started.state);
+        Self { rec, base, settings, state, app }
+    }
+
+    fn config(&self, group: &str, attempts: u32) -> alert_stream::AlertStreamConfig {
+        alert_stream::AlertStreamConfig {
+            brokers: self.settings.kafka.brokers.clone(),
+            topics: vec![self.settings.events_topic.clone()],
+            alerts_topic: self.settings.alerts_topic.clone(),
+            deadletter_topic: self.settings.alerts_deadletter_topic.clone(),
+            group_id: group.to_string(),
+            start_from: "earliest".into(),
+            session_timeout_ms: 6000,
+            delivery: alert_stream::notify::DeliveryPolicy {
+                attempts,
+                base_backoff: Duration::from_millis(100),
+                timeout: Duration::from_secs(2),
+            },
+            max_deliveries: 100,
+            sweep_every: Duration::from_secs(1),
+            reclaim_after: Duration::from_secs(5),
+        }
+    }
+
+    /// Starts one alert-stream consumer that runs until `stop` resolves.
+    fn consumer(
+        &self,
+        cfg: alert_stream::AlertStreamConfig,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> tokio::task::JoinHandle<Result<(), alert_stream::AlertStreamError>> {
+        let (configs, store, kafka) =
+            (self.state.pipeline.configs().clone(), self.state.alerts.clone(), self.state.pipeline.kafka().clone());
+        tokio::spawn(alert_stream::run(cfg, configs, store, kafka, stop))
+    }
+}
+
 #[tokio::test]
 async fn policies_raise_alerts_and_receivers_get_their_payloads() {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
-        .try_init();
-    // Receivers.
-    let rec = Recorder::default();
-    let recv_app = Router::new().route("/{name}", post(receive)).with_state(rec.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, recv_app).await });
-
-    // evstream API + alert stream against the real services.
-    let settings = Settings {
-        kafka: KafkaSinkConfig { brokers: testkit::kafka_brokers(), linger_ms: 1, ..KafkaSinkConfig::default() },
-        redis_url: testkit::redis_url(),
-        redis_queue: 1000,
-        admin_key: Some(ADMIN.into()),
-        events_topic: testkit::unique("evstream.events"),
-        config_topic: testkit::unique("evstream.config"),
-        deadletter_topic: testkit::unique("evstream.deadletter"),
-        alerts_topic: testkit::unique("evstream.alerts"),
-        alerts_deadletter_topic: testkit::unique("evstream.alerts.deadletter"),
-        audit_topic: testkit::unique("evstream.audit"),
-        api: ApiConfig { partitions: 2, ..ApiConfig::default() },
-        idempotency_window: Duration::from_secs(600),
-        default_quota: Quota { events_per_second: 100_000, bytes_per_second: 1 << 30, burst_seconds: 2 },
-    };
-    let started = bootstrap::start(&settings, None).await.expect("start");
-    let state = started.state.clone();
-    let app = stream_api::app(started.state);
-    let cfg = alert_stream::AlertStreamConfig {
-        brokers: settings.kafka.brokers.clone(),
-        topics: vec![settings.events_topic.clone()],
-        alerts_topic: settings.alerts_topic.clone(),
-        deadletter_topic: settings.alerts_deadletter_topic.clone(),
-        group_id: testkit::unique("alerts-group"),
-        start_from: "earliest".into(),
-        session_timeout_ms: 6000,
-        delivery: alert_stream::notify::DeliveryPolicy {
-            attempts: 3,
-            base_backoff: Duration::from_millis(100),
-            timeout: Duration::from_secs(2),
-        },
-        max_deliveries: 100,
-        sweep_every: Duration::from_secs(1),
-        reclaim_after: Duration::from_secs(5),
-    };
-    let (configs, store, kafka) =
-        (state.pipeline.configs().clone(), state.alerts.clone(), state.pipeline.kafka().clone());
-    tokio::spawn(alert_stream::run(cfg, configs, store, kafka, std::future::pending()));
+    let h = Harness::start(2).await;
+    let (rec, base, app, settings) = (h.rec.clone(), h.base.clone(), h.app.clone(), h.settings.clone());
+    h.consumer(h.config(&testkit::unique("alerts-group"), 3), std::future::pending());
 
     // Tenant, receivers, policies.
     let tenant = testkit::unique("tenant");
@@ -323,50 +350,10 @@ async fn policies_raise_alerts_and_receivers_get_their_payloads() {
 /// PagerDuty; `autoResolveAfterSecs` resolves an alert that went quiet.
 #[tokio::test]
 async fn resolve_condition_and_auto_resolve() {
-    let rec = Recorder::default();
-    let recv_app = Router::new().route("/{name}", post(receive)).with_state(rec.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, recv_app).await });
-    let settings = Settings {
-        kafka: KafkaSinkConfig { brokers: testkit::kafka_brokers(), linger_ms: 1, ..KafkaSinkConfig::default() },
-        redis_url: testkit::redis_url(),
-        redis_queue: 1000,
-        admin_key: Some(ADMIN.into()),
-        events_topic: testkit::unique("evstream.events"),
-        config_topic: testkit::unique("evstream.config"),
-        deadletter_topic: testkit::unique("evstream.deadletter"),
-        alerts_topic: testkit::unique("evstream.alerts"),
-        alerts_deadletter_topic: testkit::unique("evstream.alerts.deadletter"),
-        audit_topic: testkit::unique("evstream.audit"),
-        api: ApiConfig { partitions: 2, ..ApiConfig::default() },
-        idempotency_window: Duration::from_secs(600),
-        default_quota: Quota { events_per_second: 100_000, bytes_per_second: 1 << 30, burst_seconds: 2 },
-    };
-    let started = bootstrap::start(&settings, None).await.expect("start");
-    let state = started.state.clone();
-    let app = stream_api::app(started.state);
+    let h = Harness::start(2).await;
+    let (rec, base, app) = (h.rec.clone(), h.base.clone(), h.app.clone());
     let group = testkit::unique("alerts-group");
-    let cfg = alert_stream::AlertStreamConfig {
-        brokers: settings.kafka.brokers.clone(),
-        topics: vec![settings.events_topic.clone()],
-        alerts_topic: settings.alerts_topic.clone(),
-        deadletter_topic: settings.alerts_deadletter_topic.clone(),
-        group_id: group.clone(),
-        start_from: "earliest".into(),
-        session_timeout_ms: 6000,
-        delivery: alert_stream::notify::DeliveryPolicy {
-            attempts: 2,
-            base_backoff: Duration::from_millis(100),
-            timeout: Duration::from_secs(2),
-        },
-        max_deliveries: 100,
-        sweep_every: Duration::from_secs(1),
-        reclaim_after: Duration::from_secs(5),
-    };
-    let (configs, store, kafka) =
-        (state.pipeline.configs().clone(), state.alerts.clone(), state.pipeline.kafka().clone());
-    tokio::spawn(alert_stream::run(cfg, configs, store, kafka, std::future::pending()));
+    h.consumer(h.config(&group, 2), std::future::pending());
 
     let tenant = testkit::unique("tenant");
     assert_eq!(call(&app, "POST", "/tenants", ADMIN, Some(json!({"id": tenant}))).await.0, StatusCode::CREATED);
@@ -567,53 +554,13 @@ async fn resolve_condition_and_auto_resolve() {
 /// picks up where the group left off.
 #[tokio::test]
 async fn two_consumers_share_the_work_without_duplicates() {
-    let rec = Recorder::default();
-    let recv_app = Router::new().route("/{name}", post(receive)).with_state(rec.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, recv_app).await });
-    let settings = Settings {
-        kafka: KafkaSinkConfig { brokers: testkit::kafka_brokers(), linger_ms: 1, ..KafkaSinkConfig::default() },
-        redis_url: testkit::redis_url(),
-        redis_queue: 1000,
-        admin_key: Some(ADMIN.into()),
-        events_topic: testkit::unique("evstream.events"),
-        config_topic: testkit::unique("evstream.config"),
-        deadletter_topic: testkit::unique("evstream.deadletter"),
-        alerts_topic: testkit::unique("evstream.alerts"),
-        alerts_deadletter_topic: testkit::unique("evstream.alerts.deadletter"),
-        audit_topic: testkit::unique("evstream.audit"),
-        api: ApiConfig { partitions: 4, ..ApiConfig::default() },
-        idempotency_window: Duration::from_secs(600),
-        default_quota: Quota { events_per_second: 100_000, bytes_per_second: 1 << 30, burst_seconds: 2 },
-    };
-    let started = bootstrap::start(&settings, None).await.expect("start");
-    let state = started.state.clone();
-    let app = stream_api::app(started.state);
+    let h = Harness::start(4).await;
+    let (rec, base, app) = (h.rec.clone(), h.base.clone(), h.app.clone());
     let group = testkit::unique("alerts-group");
     let consumer = |stop: tokio::sync::oneshot::Receiver<()>| {
-        let cfg = alert_stream::AlertStreamConfig {
-            brokers: settings.kafka.brokers.clone(),
-            topics: vec![settings.events_topic.clone()],
-            alerts_topic: settings.alerts_topic.clone(),
-            deadletter_topic: settings.alerts_deadletter_topic.clone(),
-            group_id: group.clone(),
-            start_from: "earliest".into(),
-            session_timeout_ms: 6000,
-            delivery: alert_stream::notify::DeliveryPolicy {
-                attempts: 2,
-                base_backoff: Duration::from_millis(100),
-                timeout: Duration::from_secs(2),
-            },
-            max_deliveries: 100,
-            sweep_every: Duration::from_secs(5),
-            reclaim_after: Duration::from_secs(5),
-        };
-        let (configs, store, kafka) =
-            (state.pipeline.configs().clone(), state.alerts.clone(), state.pipeline.kafka().clone());
-        tokio::spawn(alert_stream::run(cfg, configs, store, kafka, async move {
+        h.consumer(h.config(&group, 2), async move {
             let _ = stop.await;
-        }))
+        })
     };
     let (stop_a, rx_a) = tokio::sync::oneshot::channel();
     let (stop_b, rx_b) = tokio::sync::oneshot::channel::<()>();

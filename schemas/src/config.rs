@@ -168,19 +168,7 @@ impl StreamConfig {
             obj.remove("version");
             obj.remove("updatedAt");
         }
-        let cfg: StreamConfig = serde_path_to_error::deserialize(v).map_err(|e| {
-            let path = e.path().to_string();
-            let field = if path == "." { String::new() } else { path };
-            let msg = e.inner().to_string();
-            let code = if msg.starts_with("unknown field") {
-                "unknown_field"
-            } else if msg.starts_with("invalid type") {
-                "wrong_type"
-            } else {
-                "invalid_value"
-            };
-            vec![FieldError::new(field, code, msg)]
-        })?;
+        let cfg: StreamConfig = crate::field::deserialize(v, "")?;
         cfg.check()?;
         Ok(cfg)
     }

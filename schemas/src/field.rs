@@ -24,6 +24,24 @@ impl FieldError {
     }
 }
 
+/// Deserialises a document, turning serde's error into a [`FieldError`] naming the path (`filters[0].eventTypes[1]`).
+/// `root` names the field reported when the document as a whole is wrong (e.g. `type` for a tagged enum).
+pub fn deserialize<T: serde::de::DeserializeOwned>(v: serde_json::Value, root: &str) -> Result<T, Vec<FieldError>> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { root.to_string() } else { path };
+        let msg = e.inner().to_string();
+        let code = if msg.starts_with("unknown field") {
+            "unknown_field"
+        } else if msg.starts_with("invalid type") {
+            "wrong_type"
+        } else {
+            "invalid_value"
+        };
+        vec![FieldError::new(field, code, msg)]
+    })
+}
+
 impl std::fmt::Display for FieldError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.field, self.message)

@@ -295,14 +295,7 @@ pub fn valid_id(s: &str) -> bool {
 impl AlertPolicy {
     /// Parses and checks a policy document; every problem names its field (`condition.rules[1].rules[0].value`).
     pub fn from_json(v: Value) -> Result<Self, Vec<FieldError>> {
-        let p: AlertPolicy = serde_path_to_error::deserialize(v).map_err(|e| {
-            let path = e.path().to_string();
-            vec![FieldError::new(
-                if path == "." { String::new() } else { path },
-                "invalid_value",
-                e.inner().to_string(),
-            )]
-        })?;
+        let p: AlertPolicy = crate::field::deserialize(v, "")?;
         let mut errs = Vec::new();
         if p.name.trim().is_empty() || p.name.len() > 200 {
             errs.push(FieldError::new("name", "invalid_value", "name must be 1-200 characters"));
@@ -1009,14 +1002,7 @@ pub struct Silence {
 
 impl Silence {
     pub fn from_json(v: Value) -> Result<Self, Vec<FieldError>> {
-        let s: Silence = serde_path_to_error::deserialize(v).map_err(|e| {
-            let path = e.path().to_string();
-            vec![FieldError::new(
-                if path == "." { String::new() } else { path },
-                "invalid_value",
-                e.inner().to_string(),
-            )]
-        })?;
+        let s: Silence = crate::field::deserialize(v, "")?;
         let mut errs = Vec::new();
         let end = parse_time(&s.ends_at);
         if end.is_none() {
@@ -1061,14 +1047,7 @@ pub struct InhibitRule {
 
 impl InhibitRule {
     pub fn from_json(v: Value) -> Result<Self, Vec<FieldError>> {
-        let r: InhibitRule = serde_path_to_error::deserialize(v).map_err(|e| {
-            let path = e.path().to_string();
-            vec![FieldError::new(
-                if path == "." { String::new() } else { path },
-                "invalid_value",
-                e.inner().to_string(),
-            )]
-        })?;
+        let r: InhibitRule = crate::field::deserialize(v, "")?;
         let mut errs = Vec::new();
         for (c, at) in [(&r.source, "source"), (&r.target, "target")] {
             if let Err(mut e) = Matcher::new(c, at) {

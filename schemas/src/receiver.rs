@@ -111,14 +111,7 @@ fn http_url(s: &str) -> bool {
 
 impl Receiver {
     pub fn from_json(v: Value) -> Result<Self, Vec<FieldError>> {
-        let r: Receiver = serde_path_to_error::deserialize(v).map_err(|e| {
-            let path = e.path().to_string();
-            vec![FieldError::new(
-                if path == "." { "type".to_string() } else { path },
-                "invalid_value",
-                e.inner().to_string(),
-            )]
-        })?;
+        let r: Receiver = crate::field::deserialize(v, "type")?;
         let bad = |f: &str| Err(vec![FieldError::new(f, "invalid_url", "an http(s) URL")]);
         // A document read back from the API shows secrets masked; storing the mask would break the receiver.
         let masked = |s: &Secret| s.expose().starts_with("****");

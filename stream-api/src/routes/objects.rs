@@ -2,7 +2,7 @@
 //! handlers: list, get (ETag), put (create 201 / replace 200, If-Match), delete (204). Each kind says how a
 //! document is validated and how it is shown (receivers mask their secrets).
 
-use super::stream_config::OffsetDateTimeExt;
+use super::stream_config::{if_match, OffsetDateTimeExt};
 use crate::auth::Auth;
 use crate::body;
 use crate::error::ApiError;
@@ -148,18 +148,6 @@ pub async fn get_one<K: Kind>(
     let mut res = Json(document::<K>(&id, &o)).into_response();
     res.headers_mut().insert(header::ETAG, etag(o.version));
     Ok(res)
-}
-
-fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    let Some(v) = headers.get(header::IF_MATCH) else { return Ok(None) };
-    let s = v.to_str().unwrap_or("").trim();
-    if s == "*" {
-        return Ok(None);
-    }
-    s.trim_matches('"').parse::<u64>().map(Some).map_err(|_| {
-        ApiError::bad_request("invalid_if_match", "If-Match must be an ETag such as \"3\"")
-            .with_errors(vec![FieldError::new("If-Match", "invalid_value", "an ETag such as \"3\"")])
-    })
 }
 
 fn conflict(current: u64) -> ApiError {

@@ -47,7 +47,7 @@ pub async fn get_config(
 }
 
 /// `If-Match: "3"` (or `W/"3"`, or `*`). `None` when absent or `*`.
-fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+pub(crate) fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let Some(v) = headers.get(header::IF_MATCH) else { return Ok(None) };
     let s = v.to_str().unwrap_or("").trim();
     if s == "*" {
