@@ -22,7 +22,7 @@ use producer::sinks::kafka::KafkaSink;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedHeaders};
-use schemas::policy::{render, AlertPolicy, CompiledPolicy, InhibitRule, Matcher, PolicySet, Silence};
+use schemas::policy::{AlertPolicy, CompiledPolicy, InhibitRule, Matcher, PolicySet, Silence};
 use schemas::receiver::Receiver;
 use schemas::TenantId;
 use serde_json::Value;
@@ -249,8 +249,8 @@ impl Ctx {
                 policy_id: &p.id,
                 group_key: &group_key,
                 severity: pol.severity,
-                summary: pol.summary_template.as_deref().map_or_else(|| pol.name.clone(), |t| render(t, event)),
-                message: pol.message_template.as_deref().map(|t| render(t, event)),
+                summary: p.summary(event),
+                message: p.message(event),
                 event_id,
                 throttle_minutes: pol.throttle_minutes,
                 max_alerts_per_hour: pol.max_alerts_per_hour,

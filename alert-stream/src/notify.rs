@@ -211,7 +211,7 @@ pub async fn deliver_email(p: &DeliveryPolicy, receiver_id: &str, r: &Receiver, 
             ),
         };
         attempts.push(HistoryEntry {
-            at: producer::alerts::now_rfc3339(),
+            at: producer::now_rfc3339(),
             kind: "delivery".into(),
             receiver: Some(receiver_id.to_string()),
             status: Some(status),
@@ -273,7 +273,7 @@ pub async fn deliver(
             Err(e) => (None, None, Some(if e.is_timeout() { "timeout" } else { "connection" })),
         };
         attempts.push(HistoryEntry {
-            at: producer::alerts::now_rfc3339(),
+            at: producer::now_rfc3339(),
             kind: "delivery".into(),
             receiver: Some(receiver_id.to_string()),
             status: Some(status.map_or_else(|| detail.unwrap_or("error").to_string(), |s| s.to_string())),
@@ -298,7 +298,7 @@ pub async fn deliver(
 
 /// The JSON of a dead-lettered notification.
 pub fn dead_letter(receiver_id: &str, kind: &str, reason: &str, a: &Alert) -> Value {
-    json!({"reason": reason, "receiver": receiver_id, "kind": kind, "alertId": a.id, "tenantId": a.tenant_id, "policyId": a.policy_id, "at": producer::alerts::now_rfc3339()})
+    json!({"reason": reason, "receiver": receiver_id, "kind": kind, "alertId": a.id, "tenantId": a.tenant_id, "policyId": a.policy_id, "at": producer::now_rfc3339()})
 }
 
 #[cfg(test)]

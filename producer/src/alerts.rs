@@ -98,9 +98,7 @@ pub fn alert_id(tenant: &TenantId, policy: &str, group_key: &str) -> String {
     hex::encode(&h[..12])
 }
 
-pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
-}
+pub use crate::now_rfc3339;
 
 fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64

@@ -85,7 +85,7 @@ impl AuditLog {
             let mut r = AuditRecord {
                 chain_id: c.id.clone(),
                 seq: c.seq,
-                at: crate::alerts::now_rfc3339(),
+                at: crate::now_rfc3339(),
                 entry,
                 prev_hash: c.last.clone(),
                 hash: String::new(),

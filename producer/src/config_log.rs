@@ -132,7 +132,6 @@ pub struct KeyRecord {
 }
 
 /// The state every instance derives from the log.
-#[derive(Default)]
 pub struct State {
     tenants: HashMap<TenantId, Tenant>,
     configs: HashMap<TenantId, VersionedConfig>,
@@ -143,6 +142,8 @@ pub struct State {
     objects: HashMap<(TenantId, ObjectKind), BTreeMap<String, VersionedObject>>,
     /// Bumped by every applied object record, so that readers can cache what they derive from objects.
     generation: u64,
+    /// The configuration of tenants that stored none, shared rather than built per lookup.
+    default_config: Arc<StreamConfig>,
 }
 
 /// Kinds of tenant-owned objects.
@@ -172,6 +173,21 @@ pub struct VersionedObject {
     pub version: u64,
     pub body: Option<serde_json::Value>,
     pub updated_at: String,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            tenants: HashMap::new(),
+            configs: HashMap::new(),
+            keys: HashMap::new(),
+            admin_hash: None,
+            topic_owner: HashMap::new(),
+            objects: HashMap::new(),
+            generation: 0,
+            default_config: Arc::new(StreamConfig::default()),
+        }
+    }
 }
 
 impl State {
@@ -267,10 +283,9 @@ pub enum ConfigLogError {
 
 #[derive(Debug, Clone)]
 pub struct ConfigLogConfig {
-    pub brokers: String,
+    /// The same producer settings as the event sink (brokers, idempotence, delivery timeout).
+    pub kafka: crate::sinks::kafka::KafkaSinkConfig,
     pub topic: String,
-    pub delivery_timeout_ms: u64,
-    pub idempotence: bool,
 }
 
 struct Shared {
@@ -294,15 +309,10 @@ pub struct ConfigLog {
 impl ConfigLog {
     /// Starts replaying and tailing the log. Returns at once; [`ConfigLog::wait_caught_up`] waits for the replay.
     pub fn start(cfg: &ConfigLogConfig, static_admin_key: Option<&str>) -> Result<Self, KafkaError> {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &cfg.brokers)
-            .set("enable.idempotence", cfg.idempotence.to_string())
-            .set("acks", "all")
-            .set("linger.ms", "0")
-            .set("message.timeout.ms", cfg.delivery_timeout_ms.to_string())
-            .create()?;
+        // Configuration writes are rare and someone waits for each: no batching delay.
+        let producer: FutureProducer = cfg.kafka.client_config().set("linger.ms", "0").create()?;
         let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &cfg.brokers)
+            .set("bootstrap.servers", &cfg.kafka.brokers)
             .set("group.id", format!("evstream-config-{}", uuid::Uuid::new_v4()))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -371,9 +381,17 @@ impl ConfigLog {
             s.tenants.get(t)?;
             Some(s.configs.get(t).cloned().unwrap_or_else(|| VersionedConfig {
                 version: 0,
-                config: Arc::new(StreamConfig::default()),
+                config: s.default_config.clone(),
                 updated_at: None,
             }))
+        })
+    }
+
+    /// Just the tenant's configuration (the default when it stored none), for the ingest path: no copies.
+    pub fn config(&self, t: &TenantId) -> Option<Arc<StreamConfig>> {
+        self.read(|s| {
+            s.tenants.get(t)?;
+            Some(s.configs.get(t).map_or_else(|| s.default_config.clone(), |c| c.config.clone()))
         })
     }
 

@@ -48,9 +48,7 @@ impl DeadLetters {
             reason,
             tenant_id: tenant,
             errors,
-            received_at: time::OffsetDateTime::now_utc()
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
+            received_at: crate::now_rfc3339(),
             original: original[..cut].to_string(),
             truncated: cut < original.len(),
         };

@@ -33,3 +33,8 @@ pub mod tenant_stats;
 pub mod topics;
 
 pub use pipeline::{Accepted, IngestError, Outcome, Parts, Pipeline, PipelineConfig, RequestContext, Scope};
+
+/// The current time in RFC 3339 (UTC), as every record and document of evstream writes it.
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}

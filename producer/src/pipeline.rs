@@ -149,8 +149,8 @@ pub struct Prepared {
 enum Stage {
     Ready(Box<Prepared>),
     Done(Result<Outcome, IngestError>),
-    /// The same id as an earlier item of this request: answered with that item's result.
-    SameAs(usize),
+    /// The same id as an earlier item of this request (of this tenant): answered with that item's result.
+    SameAs(usize, TenantId),
 }
 
 #[derive(Clone)]
@@ -247,8 +247,7 @@ impl Pipeline {
             }
         }
         let single = values.len() == 1;
-        // The tenant each item names, for counting rejections that happen after the document was consumed.
-        let tenants: Vec<Option<TenantId>> = values.iter().map(peek_tenant).collect();
+        // Every rejection is counted where it happens, against the tenant known at that point.
         let mut stages: Vec<Stage> = values
             .into_iter()
             .map(|v| match self.prepare(v, ctx, single) {
@@ -260,7 +259,6 @@ impl Pipeline {
                 }
             })
             .collect();
-        let rejected_early: Vec<bool> = stages.iter().map(|s| matches!(s, Stage::Done(Err(_)))).collect();
 
         // An id repeated within the request is answered by its first occurrence (claiming it twice would wait on
         // ourselves).
@@ -274,7 +272,9 @@ impl Pipeline {
                 _ => idx,
             };
             if first != idx {
-                *stage = Stage::SameAs(first);
+                if let Stage::Ready(p) = &*stage {
+                    *stage = Stage::SameAs(first, p.event.tenant_id.clone());
+                }
             }
         }
 
@@ -287,7 +287,7 @@ impl Pipeline {
                         Some(k) => Some(self.inner.idempotency.claim(&p.event.tenant_id, k).await),
                         None => None,
                     },
-                    Stage::Done(_) | Stage::SameAs(_) => None,
+                    Stage::Done(_) | Stage::SameAs(..) => None,
                 }
             }))
             .await
@@ -311,6 +311,9 @@ impl Pipeline {
                     None
                 }
                 Some(Claim::InFlight) => {
+                    if let Stage::Ready(p) = stage {
+                        self.count_rejection(Some(p.event.tenant_id.clone()), &IngestError::InFlight, None);
+                    }
                     *stage = Stage::Done(Err(IngestError::InFlight));
                     None
                 }
@@ -343,26 +346,31 @@ impl Pipeline {
             })
             .collect();
 
-        let same_as: Vec<Option<usize>> =
-            stages.iter().map(|s| if let Stage::SameAs(j) = s { Some(*j) } else { None }).collect();
+        let same_as: Vec<Option<(usize, TenantId)>> =
+            stages.iter().map(|s| if let Stage::SameAs(j, t) = s { Some((*j, t.clone())) } else { None }).collect();
         let results = futures::future::join_all(stages.into_iter().zip(guards).map(|(stage, guard)| {
             let limited = &limited;
             async move {
                 match stage {
                     Stage::Done(r) => r,
-                    Stage::SameAs(_) => Err(IngestError::InFlight),
+                    Stage::SameAs(..) => Err(IngestError::InFlight),
                     Stage::Ready(p) => {
                         if let Some((retry_after, reason)) = limited.get(&p.event.tenant_id) {
                             if let Some(g) = guard {
                                 self.inner.idempotency.release(g).await;
                             }
-                            return Err(IngestError::QuotaExceeded {
-                                tenant: p.event.tenant_id,
+                            let e = IngestError::QuotaExceeded {
+                                tenant: p.event.tenant_id.clone(),
                                 retry_after: *retry_after,
                                 reason,
-                            });
+                            };
+                            self.count_rejection(Some(p.event.tenant_id), &e, None);
+                            return Err(e);
                         }
                         let r = self.commit(&p).await;
+                        if let Err(e) = &r {
+                            self.count_rejection(Some(p.event.tenant_id.clone()), e, None);
+                        }
                         if let Some(g) = guard {
                             match &r {
                                 Ok(Outcome::Accepted(a)) => self.inner.idempotency.complete(g, a).await,
@@ -376,24 +384,23 @@ impl Pipeline {
         }))
         .await;
         let mut results = results;
-        for idx in 0..results.len() {
-            if let Some(j) = same_as[idx] {
+        for (idx, same) in same_as.into_iter().enumerate() {
+            if let Some((j, tenant)) = same {
                 results[idx] = match &results[j] {
                     Ok(Outcome::Accepted(a)) => Ok(Outcome::Accepted(Accepted { duplicate: true, ..a.clone() })),
                     Ok(Outcome::Filtered { id, reason }) => Ok(Outcome::Filtered { id: id.clone(), reason }),
-                    Err(_) => Err(IngestError::Invalid {
-                        errors: vec![FieldError::new(
-                            "id",
-                            "duplicate_in_request",
-                            "the same id appears earlier in this request, which was rejected",
-                        )],
-                    }),
+                    Err(_) => {
+                        let e = IngestError::Invalid {
+                            errors: vec![FieldError::new(
+                                "id",
+                                "duplicate_in_request",
+                                "the same id appears earlier in this request, which was rejected",
+                            )],
+                        };
+                        self.count_rejection(Some(tenant), &e, None);
+                        Err(e)
+                    }
                 };
-            }
-        }
-        for ((r, tenant), early) in results.iter().zip(tenants).zip(rejected_early) {
-            if let (Err(e), false) = (r, early) {
-                self.count_rejection(tenant, e, None);
             }
         }
         self.count_accepted(&results, ctx.started.elapsed());
@@ -412,18 +419,18 @@ impl Pipeline {
                         return Err(Box::new((IngestError::Forbidden { tenant: t }, v)));
                     }
                 }
-                let Some(vc) = i.configs.stream_config(&t) else {
+                let Some(cfg) = i.configs.config(&t) else {
                     return Err(Box::new((IngestError::UnknownTenant { tenant: t }, v)));
                 };
-                if !vc.config.enabled {
+                if !cfg.enabled {
                     return Err(Box::new((IngestError::TenantDisabled { tenant: t }, v)));
                 }
                 if let Some(src) = v.get("source").and_then(Value::as_str).and_then(|s| SourceName::new(s).ok()) {
-                    if !vc.config.source_allowed(&src) {
+                    if !cfg.source_allowed(&src) {
                         return Err(Box::new((IngestError::SourceNotAllowed { source_name: src.to_string() }, v)));
                     }
                 }
-                Some(vc.config)
+                Some(cfg)
             }
             None => None,
         };

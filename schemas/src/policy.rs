@@ -448,9 +448,14 @@ impl CompiledPolicy {
         Ok(Self { id: id.to_string(), policy, root, resolve, group_by })
     }
 
-    /// Does the event resolve this policy's alert of its group?
-    pub fn resolves(&self, event: &Value) -> bool {
-        self.applies_to(event) && self.resolve.as_ref().is_some_and(|r| eval(r, event))
+    /// The alert's summary for an event: the rendered `summaryTemplate`, else the policy's name.
+    pub fn summary(&self, event: &Value) -> String {
+        self.policy.summary_template.as_deref().map_or_else(|| self.policy.name.clone(), |t| render(t, event))
+    }
+
+    /// The alert's message for an event: the rendered `messageTemplate`, if any.
+    pub fn message(&self, event: &Value) -> Option<String> {
+        self.policy.message_template.as_deref().map(|t| render(t, event))
     }
 
     fn compile_node(n: &Node, at: &str, depth: usize, count: &mut usize) -> Result<Compiled, Vec<FieldError>> {
@@ -758,21 +763,21 @@ impl PolicySet {
         self.policies.is_empty()
     }
 
-    /// How many policies an event is evaluated against (those indexed for its type, and the untyped ones).
-    pub fn candidates(&self, event: &Value) -> usize {
+    /// The policies that apply to the event's type: those indexed for it, then the untyped ones.
+    fn candidates_of<'a>(&'a self, event: &Value) -> impl Iterator<Item = &'a CompiledPolicy> + 'a {
         let t = event.get("eventType").and_then(Value::as_str).and_then(EventType::parse);
-        t.and_then(|t| self.by_type.get(&t)).map_or(0, Vec::len) + self.any_type.len()
+        let typed: &[usize] = t.and_then(|t| self.by_type.get(&t)).map_or(&[], Vec::as_slice);
+        typed.iter().chain(self.any_type.iter()).map(|i| &self.policies[*i])
+    }
+
+    /// How many policies an event is evaluated against.
+    pub fn candidates(&self, event: &Value) -> usize {
+        self.candidates_of(event).count()
     }
 
     /// The policies whose resolve condition the event meets.
     pub fn resolving<'a>(&'a self, event: &'a Value) -> impl Iterator<Item = &'a CompiledPolicy> + 'a {
-        let t = event.get("eventType").and_then(Value::as_str).and_then(EventType::parse);
-        let typed: &[usize] = t.and_then(|t| self.by_type.get(&t)).map_or(&[], Vec::as_slice);
-        typed
-            .iter()
-            .chain(self.any_type.iter())
-            .map(|i| &self.policies[*i])
-            .filter(move |p| p.resolve.is_some() && p.resolves(event))
+        self.candidates_of(event).filter(move |p| p.resolve.as_ref().is_some_and(|r| eval(r, event)))
     }
 
     /// Every policy (for the auto-resolve sweep).
@@ -782,13 +787,7 @@ impl PolicySet {
 
     /// The policies an event matches; only the candidates indexed for its type are evaluated.
     pub fn matching<'a>(&'a self, event: &'a Value) -> impl Iterator<Item = &'a CompiledPolicy> + 'a {
-        let t = event.get("eventType").and_then(Value::as_str).and_then(EventType::parse);
-        let typed: &[usize] = t.and_then(|t| self.by_type.get(&t)).map_or(&[], Vec::as_slice);
-        typed
-            .iter()
-            .chain(self.any_type.iter())
-            .map(|i| &self.policies[*i])
-            .filter(move |p| p.policy.enabled && eval(&p.root, event))
+        self.candidates_of(event).filter(move |p| p.policy.enabled && eval(&p.root, event))
     }
 }
 

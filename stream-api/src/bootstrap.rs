@@ -77,12 +77,7 @@ pub async fn start(s: &Settings, prometheus: Option<PrometheusHandle>) -> Result
         ])
         .await?;
     let configs = ConfigLog::start(
-        &ConfigLogConfig {
-            brokers: s.kafka.brokers.clone(),
-            topic: s.config_topic.clone(),
-            delivery_timeout_ms: s.kafka.delivery_timeout_ms,
-            idempotence: s.kafka.idempotence,
-        },
+        &ConfigLogConfig { kafka: s.kafka.clone(), topic: s.config_topic.clone() },
         s.admin_key.as_deref(),
     )?;
     let kafka = s.kafka.build()?;

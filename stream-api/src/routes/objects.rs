@@ -2,7 +2,7 @@
 //! handlers: list, get (ETag), put (create 201 / replace 200, If-Match), delete (204). Each kind says how a
 //! document is validated and how it is shown (receivers mask their secrets).
 
-use super::stream_config::{if_match, OffsetDateTimeExt};
+use super::stream_config::if_match;
 use crate::auth::Auth;
 use crate::body;
 use crate::error::ApiError;
@@ -177,7 +177,7 @@ pub(crate) async fn write<K: Kind>(
         id: id.to_string(),
         version: current + 1,
         body,
-        updated_at: OffsetDateTimeExt::now_rfc3339(),
+        updated_at: producer::now_rfc3339(),
     };
     match configs.propose(&rec).await {
         Ok(Verdict::Applied) => Ok(current + 1),

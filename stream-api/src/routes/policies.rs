@@ -13,7 +13,7 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use schemas::policy::{render, AlertPolicy, CompiledPolicy};
+use schemas::policy::{AlertPolicy, CompiledPolicy};
 use schemas::FieldError;
 use serde_json::json;
 use std::time::Duration;
@@ -45,8 +45,8 @@ pub async fn test(
     let alert = matched.then(|| {
         json!({
             "severity": pol.severity,
-            "summary": pol.summary_template.as_deref().map_or_else(|| pol.name.clone(), |tpl| render(tpl, &event)),
-            "message": pol.message_template.as_deref().map(|tpl| render(tpl, &event)),
+            "summary": compiled.summary(&event),
+            "message": compiled.message(&event),
             "groupKey": compiled.group_key(&event),
             "receivers": pol.receivers,
         })

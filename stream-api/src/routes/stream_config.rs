@@ -131,7 +131,7 @@ pub async fn put_config(
             )
         })?;
     }
-    let updated_at = OffsetDateTimeExt::now_rfc3339();
+    let updated_at = producer::now_rfc3339();
     let rec = ConfigRecord::StreamConfig { tenant: t.clone(), version: current + 1, config: cfg, updated_at };
     match configs.propose(&rec).await {
         Ok(Verdict::Applied) => {}
@@ -172,13 +172,4 @@ pub async fn put_config(
     let vc =
         configs.stream_config(&t).ok_or_else(|| ApiError::not_found("unknown_tenant", "tenant is not registered"))?;
     Ok(render(&t, &vc))
-}
-
-/// RFC 3339 "now", shared by the config and tenant handlers.
-pub struct OffsetDateTimeExt;
-
-impl OffsetDateTimeExt {
-    pub fn now_rfc3339() -> String {
-        time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
-    }
 }

@@ -1,6 +1,5 @@
 //! Tenants and their API keys (admin key only, except that a tenant may read itself).
 
-use super::stream_config::OffsetDateTimeExt;
 use crate::auth::Auth;
 use crate::body;
 use crate::error::ApiError;
@@ -68,7 +67,7 @@ pub async fn create(
     let rec = ConfigRecord::Tenant {
         tenant: id.clone(),
         name: name.unwrap_or_else(|| id.to_string()),
-        created_at: OffsetDateTimeExt::now_rfc3339(),
+        created_at: producer::now_rfc3339(),
     };
     match state.pipeline.configs().propose(&rec).await.map_err(|e| store_error(&e))? {
         Verdict::Applied => {}
@@ -130,7 +129,7 @@ pub async fn create_key(
         key_id: key_id.clone(),
         tenant: t.clone(),
         hash: producer::config_log::hash_key(&key),
-        created_at: OffsetDateTimeExt::now_rfc3339(),
+        created_at: producer::now_rfc3339(),
     };
     match state.pipeline.configs().propose(&rec).await.map_err(|e| store_error(&e))? {
         Verdict::Applied => {
