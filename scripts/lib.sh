@@ -88,11 +88,14 @@ start_broker() {
 }
 
 # start_redis PORT DIR
+# start_redis PORT DIR [durable]: "durable" turns the append-only file on (fsync every second), so change-feed
+# checkpoints and leases survive a Redis restart.
 start_redis() {
-  local port=$1 dir=$2
+  local port=$1 dir=$2 aof=no
+  [ "${3:-}" = durable ] && aof=yes
   ensure_redis
   mkdir -p "$dir"
-  redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" \
+  redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly "$aof" --appendfsync everysec --dir "$dir" \
     --logfile "$dir/redis.log" --daemonize no &
   echo $! >"$dir/redis.pid"
   local i
@@ -112,3 +115,20 @@ stop_pidfile() {
   kill -9 "$pid" 2>/dev/null || true
   rm -f "$f"
 }
+
+# start_cosmos DIR: builds and starts the in-memory Cosmos DB emulator (testkit's cosmos-emulator) on a free
+# loopback port; prints its URL. Test support only.
+start_cosmos() {
+  local dir=$1 i url
+  mkdir -p "$dir"
+  cargo build --quiet -p evstream-testkit --bin cosmos-emulator --manifest-path "$root/Cargo.toml" >&2
+  "$root/target/debug/cosmos-emulator" >"$dir/cosmos.out" 2>"$dir/cosmos.log" &
+  echo $! >"$dir/cosmos.pid"
+  for ((i = 0; i < 200; i++)); do
+    url=$(sed -n 's/^COSMOS_EMULATOR_URL=//p' "$dir/cosmos.out" 2>/dev/null)
+    if [ -n "$url" ]; then log "cosmos emulator on $url"; echo "$url"; return 0; fi
+    sleep 0.1
+  done
+  log "cosmos emulator did not start (see $dir/cosmos.log)"; return 1
+}
+

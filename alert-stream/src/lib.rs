@@ -570,6 +570,7 @@ pub async fn run(
     // Tenants add topics of their own at any time: the subscription follows the configuration.
     let mut refresh = tokio::time::interval(Duration::from_secs(5));
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    producer::install_tls_provider();
     let http = reqwest::Client::builder().pool_max_idle_per_host(8).build().unwrap_or_default();
     let ctx = Arc::new(Ctx {
         deliveries: Arc::new(tokio::sync::Semaphore::new(cfg.max_deliveries)),

@@ -120,6 +120,10 @@ pub struct Common {
     /// Bursts may reach this many seconds' worth of the quota.
     #[arg(long, env = "EVSTREAM_QUOTA_BURST_SECS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub quota_burst_secs: u64,
+    /// The Cosmos DB change-feed config (JSON: account, auth, start, tuning, container mappings; see the README).
+    /// The change feed runs in `serve` when set and is required by `change-feed`.
+    #[arg(long, env = "EVSTREAM_CHANGE_FEED_CONFIG")]
+    pub change_feed_config: Option<String>,
     /// Events waiting for Redis; beyond it they are dropped from the real-time window (Kafka keeps them).
     #[arg(long, env = "EVSTREAM_REDIS_QUEUE", default_value_t = 100000)]
     pub redis_queue: usize,

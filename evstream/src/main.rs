@@ -18,16 +18,25 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
     let cli = cli::Cli::parse();
+    producer::install_tls_provider();
     let filter = tracing_subscriber::EnvFilter::try_from_env("EVSTREAM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn,librdkafka=warn"));
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         match cli.command {
-            cli::Command::Serve(o) => platform::run(o, platform::Roles { api: true, alerts: true }).await,
-            cli::Command::Api(o) => platform::run(o, platform::Roles { api: true, alerts: false }).await,
-            cli::Command::Alerts(o) => platform::run(o, platform::Roles { api: false, alerts: true }).await,
-            cli::Command::ChangeFeed(o) => platform::run_unavailable_role("change-feed", &o),
+            cli::Command::Serve(o) => {
+                platform::run(o, platform::Roles { api: true, alerts: true, change_feed: true }).await
+            }
+            cli::Command::Api(o) => {
+                platform::run(o, platform::Roles { api: true, alerts: false, change_feed: false }).await
+            }
+            cli::Command::Alerts(o) => {
+                platform::run(o, platform::Roles { api: false, alerts: true, change_feed: false }).await
+            }
+            cli::Command::ChangeFeed(o) => {
+                platform::run(o, platform::Roles { api: false, alerts: false, change_feed: true }).await
+            }
             cli::Command::Bench(b) => bench::run(b).await,
             cli::Command::NoisyNeighbour(n) => noisy::run(n).await,
             cli::Command::PolicyBench(p) => policy_bench::run(p),

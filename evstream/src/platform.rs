@@ -87,9 +87,18 @@ pub fn alert_config(o: &Common) -> alert_stream::AlertStreamConfig {
 pub struct Roles {
     pub api: bool,
     pub alerts: bool,
+    /// Runs when a change-feed config is given; `evstream change-feed` alone requires one.
+    pub change_feed: bool,
 }
 
 pub async fn run(o: Common, roles: Roles) -> anyhow::Result<()> {
+    let change_feed = match (&o.change_feed_config, roles.change_feed) {
+        (Some(path), true) => Some(change_feed::ChangeFeedFile::load(path)?),
+        (None, true) if !roles.api && !roles.alerts => {
+            anyhow::bail!("evstream change-feed needs --change-feed-config (EVSTREAM_CHANGE_FEED_CONFIG)")
+        }
+        _ => None,
+    };
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
     let started = bootstrap::start(&settings(&o), Some(prometheus)).await?;
     if let Some(key) = &started.generated_admin_key {
@@ -114,6 +123,14 @@ pub async fn run(o: Common, roles: Roles) -> anyhow::Result<()> {
             async move { alert_stream::run(cfg, configs, store, kafka, stop).await.map_err(anyhow::Error::from) },
         );
     }
+    if let Some(file) = change_feed {
+        let redis = producer::redis_conn::RedisConn::connect(&o.redis_url).await?;
+        let pipeline = state.pipeline.clone();
+        let stop = stopped();
+        tasks.spawn(async move { change_feed::run(file, pipeline, redis, stop).await.map_err(anyhow::Error::from) });
+    } else if roles.change_feed && roles.api {
+        tracing::info!("change feed not configured (EVSTREAM_CHANGE_FEED_CONFIG unset)");
+    }
     if roles.api {
         let listener = tokio::net::TcpListener::bind(&o.listen).await?;
         tracing::info!(addr = %listener.local_addr()?, "evstream api listening");
@@ -133,8 +150,4 @@ pub async fn run(o: Common, roles: Roles) -> anyhow::Result<()> {
     state.pipeline.kafka().flush(Duration::from_secs(10)).await;
     tracing::info!("stopped");
     Ok(())
-}
-
-pub fn run_unavailable_role(role: &str, _o: &Common) -> anyhow::Result<()> {
-    anyhow::bail!("the {role} role is not available in this build yet")
 }

@@ -58,7 +58,7 @@ impl Env {
             .spawn()
             .expect("spawn evstream");
         let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
+        let http = testkit::http();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(r) = http.get(format!("{base}/ready")).send().await {
@@ -87,7 +87,7 @@ impl Server {
 
 async fn create_tenant(base: &str) -> String {
     let tenant = testkit::unique("tenant");
-    let r = reqwest::Client::new()
+    let r = testkit::http()
         .post(format!("{base}/tenants"))
         .bearer_auth(ADMIN)
         .json(&json!({"id": tenant}))
@@ -114,7 +114,7 @@ fn load(
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> tokio::task::JoinHandle<Tally> {
     tokio::spawn(async move {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().expect("client");
+        let http = testkit::http_builder().timeout(Duration::from_secs(15)).build().expect("client");
         let tasks: Vec<_> = (0..clients)
             .map(|c| {
                 let (http, base, tenant, stop) = (http.clone(), base.clone(), tenant.clone(), stop.clone());

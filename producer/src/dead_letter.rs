@@ -2,7 +2,7 @@
 //! reason code. Writing here is best effort and never delays the client's answer.
 
 use crate::metric_names as m;
-use crate::sinks::kafka::KafkaSink;
+use crate::sinks::kafka::{KafkaSink, KafkaSinkError};
 use rdkafka::message::{Header, OwnedHeaders};
 use schemas::FieldError;
 use serde::Serialize;
@@ -42,6 +42,39 @@ impl DeadLetters {
 
     /// Sends in the background. `original` is the raw JSON of the rejected item.
     pub fn send(&self, reason: &'static str, tenant: Option<&str>, errors: &[FieldError], original: &str) {
+        let Some(record) = self.record(reason, tenant, errors, original) else {
+            return;
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = this.write(record).await {
+                tracing::warn!(error = %e, reason, "dead letter not written");
+            }
+        });
+    }
+
+    /// Sends and waits for the broker's acknowledgement: for sources (the change feed) that move their checkpoint
+    /// past the rejected item only once its dead letter is stored.
+    pub async fn send_acked(
+        &self,
+        reason: &'static str,
+        tenant: Option<&str>,
+        errors: &[FieldError],
+        original: &str,
+    ) -> Result<(), KafkaSinkError> {
+        match self.record(reason, tenant, errors, original) {
+            Some(record) => self.write(record).await,
+            None => Ok(()),
+        }
+    }
+
+    fn record(
+        &self,
+        reason: &'static str,
+        tenant: Option<&str>,
+        errors: &[FieldError],
+        original: &str,
+    ) -> Option<Record> {
         let cut =
             (0..=original.len().min(MAX_ORIGINAL_BYTES)).rev().find(|i| original.is_char_boundary(*i)).unwrap_or(0);
         let dl = DeadLetter {
@@ -52,20 +85,21 @@ impl DeadLetters {
             original: original[..cut].to_string(),
             truncated: cut < original.len(),
         };
-        let Ok(payload) = serde_json::to_vec(&dl) else {
-            return;
-        };
-        let key = tenant.unwrap_or("unknown").to_string();
-        let sink = self.sink.clone();
-        let topic = self.topic.clone();
+        let payload = serde_json::to_vec(&dl).ok()?;
         metrics::counter!(m::DEADLETTER_TOTAL, "reason" => reason).increment(1);
-        tokio::spawn(async move {
-            let headers = OwnedHeaders::new()
-                .insert(Header { key: "reason", value: Some(reason) })
-                .insert(Header { key: "tenant_id", value: Some(key.as_str()) });
-            if let Err(e) = sink.send(&topic, &key, &payload, headers, false).await {
-                tracing::warn!(error = %e, reason, "dead letter not written");
-            }
-        });
+        Some(Record { reason, key: tenant.unwrap_or("unknown").to_string(), payload })
     }
+
+    async fn write(&self, r: Record) -> Result<(), KafkaSinkError> {
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "reason", value: Some(r.reason) })
+            .insert(Header { key: "tenant_id", value: Some(r.key.as_str()) });
+        self.sink.send(&self.topic, &r.key, &r.payload, headers, false).await.map(|_| ())
+    }
+}
+
+struct Record {
+    reason: &'static str,
+    key: String,
+    payload: Vec<u8>,
 }

@@ -34,6 +34,12 @@ pub mod topics;
 
 pub use pipeline::{Accepted, IngestError, Outcome, Parts, Pipeline, PipelineConfig, RequestContext, Scope};
 
+/// Makes rustls (ring) the process's TLS provider, so every https client (reqwest for receivers and Cosmos DB,
+/// lettre's STARTTLS) can be built. Call before building one; calling again does nothing.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The current time in RFC 3339 (UTC), as every record and document of evstream writes it.
 pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()

@@ -30,3 +30,14 @@ pub const EVENTS_DEDUPLICATED_TOTAL: &str = "evstream_events_deduplicated_total"
 pub const IDEMPOTENCY_UNAVAILABLE_TOTAL: &str = "evstream_idempotency_unavailable_total";
 /// counter: requests ingested without quota enforcement because Redis was unreachable
 pub const QUOTA_UNAVAILABLE_TOTAL: &str = "evstream_quota_unavailable_total";
+/// counter {container}: change-feed pages read; container is a configured container name
+pub const CHANGEFEED_PAGES_TOTAL: &str = "evstream_changefeed_pages_total";
+/// counter {container, result = published|duplicate|filtered|deadlettered}
+pub const CHANGEFEED_DOCUMENTS_TOTAL: &str = "evstream_changefeed_documents_total";
+/// counter {container, kind = container|feed_ranges|query|page|throttled|broker|quota|in_flight|deadletter|redis}
+pub const CHANGEFEED_ERRORS_TOTAL: &str = "evstream_changefeed_errors_total";
+/// gauge {container, range}: seconds since the last change seen on the range (its `_ts`); range is the range's
+/// index in the container's lease list
+pub const CHANGEFEED_LAG_SECONDS: &str = "evstream_changefeed_lag_seconds";
+/// gauge {container}: feed ranges this process holds the lease of
+pub const CHANGEFEED_RANGES_OWNED: &str = "evstream_changefeed_ranges_owned";

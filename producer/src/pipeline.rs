@@ -215,6 +215,9 @@ impl Pipeline {
     pub fn configs(&self) -> &ConfigLog {
         &self.inner.configs
     }
+    pub fn dead_letters(&self) -> &DeadLetters {
+        &self.inner.dead
+    }
     pub fn stats(&self) -> &TenantStats {
         &self.inner.stats
     }

@@ -214,7 +214,7 @@ async fn huge_headers_are_refused() {
     let app = TestApp::start().await;
     let (tenant, key) = app.tenant().await;
     let base = app.serve().await;
-    let http = reqwest::Client::new();
+    let http = testkit::http();
     let r = http
         .post(format!("{base}/events"))
         .bearer_auth(&key)

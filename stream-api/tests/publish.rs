@@ -201,7 +201,7 @@ async fn live_tail_and_metrics_over_a_real_socket() {
     let app = TestApp::start().await;
     let (tenant, key) = app.tenant().await;
     let base = app.serve().await;
-    let http = reqwest::Client::new();
+    let http = testkit::http();
     let mut sse = http
         .get(format!("{base}/events/{tenant}/stream?eventType=USER_ACTION"))
         .bearer_auth(&key)

@@ -17,6 +17,16 @@ use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+/// An HTTP client for tests (the process's TLS provider installed first, as evstream's binary does).
+pub fn http() -> reqwest::Client {
+    http_builder().build().expect("http client")
+}
+
+pub fn http_builder() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
 pub fn kafka_brokers() -> String {
     std::env::var("EVSTREAM_TEST_KAFKA")
         .expect("EVSTREAM_TEST_KAFKA is not set: run the tests with scripts/test, which starts the broker")
@@ -25,6 +35,43 @@ pub fn kafka_brokers() -> String {
 pub fn redis_url() -> String {
     std::env::var("EVSTREAM_TEST_REDIS")
         .expect("EVSTREAM_TEST_REDIS is not set: run the tests with scripts/test, which starts Redis")
+}
+
+/// The loopback Cosmos DB emulator `scripts/test` started (testkit's `cosmos-emulator`).
+pub fn cosmos_url() -> String {
+    std::env::var("EVSTREAM_TEST_COSMOS")
+        .expect("EVSTREAM_TEST_COSMOS is not set: run the tests with scripts/test, which starts the Cosmos DB emulator")
+}
+
+/// Creates a container with `partitions` physical partitions (and its database) on the emulator.
+pub async fn cosmos_container(
+    database: &str,
+    container: &str,
+    partition_key: &str,
+    partitions: u32,
+) -> anyhow::Result<()> {
+    let body = serde_json::json!({
+        "database": database, "container": container, "partitionKey": partition_key, "partitions": partitions,
+    });
+    let r = http().post(format!("{}_emulator/containers", cosmos_url())).json(&body).send().await?;
+    if !r.status().is_success() {
+        bail!("emulator refused the container: {}", r.status());
+    }
+    Ok(())
+}
+
+/// Splits a physical partition of an emulator container; returns the children's ids once they serve requests.
+pub async fn cosmos_split(database: &str, container: &str, partition: u32) -> anyhow::Result<Vec<u32>> {
+    let body = serde_json::json!({ "database": database, "container": container, "partition": partition });
+    let r = http().post(format!("{}_emulator/split", cosmos_url())).json(&body).send().await?;
+    if !r.status().is_success() {
+        bail!("emulator did not split: {}", r.status());
+    }
+    let v: serde_json::Value = r.json().await?;
+    Ok(v["children"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|c| c.as_u64().map(|c| c as u32)).collect())
+        .unwrap_or_default())
 }
 
 /// `prefix-` plus 8 random hex characters.
