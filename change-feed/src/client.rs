@@ -15,14 +15,14 @@ use std::sync::Arc;
 fn env_secret(var: &str) -> Result<String, ChangeFeedError> {
     match std::env::var(var) {
         Ok(v) if !v.is_empty() => Ok(v),
-        _ => Err(ChangeFeedError::Client(format!("the environment variable {var} (the Cosmos DB secret) is not set"))),
+        _ => Err(ChangeFeedError::Setup(format!("the environment variable {var} (the Cosmos DB secret) is not set"))),
     }
 }
 
 pub async fn connect(file: &ChangeFeedFile) -> Result<CosmosClient, ChangeFeedError> {
     producer::install_tls_provider();
     let endpoint: AccountEndpoint =
-        file.endpoint.parse().map_err(|e| ChangeFeedError::Client(format!("endpoint: {e}")))?;
+        file.endpoint.parse().map_err(|e| ChangeFeedError::Setup(format!("endpoint: {e}")))?;
     let account = match &file.auth {
         Auth::Key { key_env } => {
             AccountReference::with_authentication_key(endpoint, Secret::from(env_secret(key_env)?))
@@ -30,7 +30,7 @@ pub async fn connect(file: &ChangeFeedFile) -> Result<CosmosClient, ChangeFeedEr
         Auth::EntraId { tenant_id, client_id, client_secret_env, authority } => {
             let secret = env_secret(client_secret_env)?;
             let cred = ClientSecretCredential::new(authority, tenant_id, client_id, secret)
-                .map_err(|e| ChangeFeedError::Client(format!("entra id: {e}")))?;
+                .map_err(|e| ChangeFeedError::Setup(format!("entra id: {e}")))?;
             AccountReference::with_credential(endpoint, Arc::new(cred))
         }
     };

@@ -117,4 +117,73 @@ mod tests {
         );
         assert!(!format!("{c:?}").contains("s&cret"));
     }
+
+    /// A token endpoint on loopback: records each form body and hands out a token valid for an hour.
+    async fn token_server(status: u16) -> (String, std::sync::Arc<Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 8192];
+                let mut got = Vec::new();
+                // Headers, then a body of content-length bytes.
+                loop {
+                    let n = sock.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&got).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text
+                            .lines()
+                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_owned))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if got.len() >= end + 4 + len {
+                            if let Ok(mut l) = log.lock() {
+                                l.push(format!("{}\n{}", text.lines().next().unwrap_or(""), &text[end + 4..]));
+                            }
+                            break;
+                        }
+                    }
+                }
+                let body = r#"{"token_type":"Bearer","expires_in":3600,"access_token":"tok-1"}"#;
+                let reply = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(reply.as_bytes()).await;
+            }
+        });
+        (format!("http://{addr}"), seen)
+    }
+
+    #[tokio::test]
+    async fn a_token_is_fetched_with_the_client_credentials_flow_and_cached() {
+        let (authority, seen) = token_server(200).await;
+        let c = ClientSecretCredential::new(&authority, "tid", "cid", "sec".into()).expect("cred");
+        let scope = ["https://acct.documents.azure.com/.default"];
+        let t = c.get_token(&scope, None).await.expect("token");
+        assert_eq!(t.token.secret(), "tok-1");
+        assert!(t.expires_on > OffsetDateTime::now_utc() + time::Duration::minutes(59));
+        let again = c.get_token(&scope, None).await.expect("cached token");
+        assert_eq!(again.token.secret(), "tok-1");
+        let requests = seen.lock().expect("log").clone();
+        assert_eq!(requests.len(), 1, "the second call is served from the cache: {requests:?}");
+        assert!(requests[0].starts_with("POST /tid/oauth2/v2.0/token "), "{}", requests[0]);
+        assert!(requests[0].ends_with(&c.body(&scope)), "{}", requests[0]);
+    }
+
+    #[tokio::test]
+    async fn a_refused_token_request_is_a_credential_error() {
+        let (authority, _) = token_server(401).await;
+        let c = ClientSecretCredential::new(&authority, "tid", "cid", "wrong".into()).expect("cred");
+        let e = c.get_token(&["s"], None).await.expect_err("refused");
+        assert_eq!(*e.kind(), azure_core::error::ErrorKind::Credential);
+        assert!(!e.to_string().contains("wrong"), "the secret is not in the error");
+    }
 }

@@ -28,6 +28,10 @@ use tokio::sync::watch;
 pub enum ChangeFeedError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// Wrong configuration (a missing secret, a bad endpoint): retrying cannot help.
+    #[error("change feed: {0}")]
+    Setup(String),
+    /// The account did not answer as expected (unreachable, refused); retried with backoff.
     #[error("cosmos client: {0}")]
     Client(String),
 }
@@ -54,7 +58,23 @@ pub async fn run(
     redis: RedisConn,
     stop: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ChangeFeedError> {
-    let client = client::connect(&file).await?;
+    let mut backoff = Backoff::new(file.backoff());
+    let mut stop = std::pin::pin!(stop);
+    // Cosmos DB may be unreachable when evstream starts: keep trying (a wrong setup fails at once).
+    let client = loop {
+        match client::connect(&file).await {
+            Ok(c) => break c,
+            Err(e @ ChangeFeedError::Setup(_)) => return Err(e),
+            Err(e) => {
+                metrics::counter!(m::CHANGEFEED_ERRORS_TOTAL, "container" => "*", "kind" => "client").increment(1);
+                tracing::warn!(error = %e, "cosmos db not reachable; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.step(None)) => {}
+                    _ = &mut stop => return Ok(()),
+                }
+            }
+        }
+    };
     let shared = Arc::new(Shared { file, client, pipeline, redis, owner: owner_id() });
     tracing::info!(owner = %shared.owner, containers = shared.file.containers.len(), "change feed starting");
     let (stop_tx, stop_rx) = watch::channel(false);

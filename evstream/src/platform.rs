@@ -92,7 +92,8 @@ pub struct Roles {
 }
 
 pub async fn run(o: Common, roles: Roles) -> anyhow::Result<()> {
-    let change_feed = match (&o.change_feed_config, roles.change_feed) {
+    let config_file = o.change_feed_config.as_deref().filter(|p| !p.is_empty());
+    let change_feed = match (config_file, roles.change_feed) {
         (Some(path), true) => Some(change_feed::ChangeFeedFile::load(path)?),
         (None, true) if !roles.api && !roles.alerts => {
             anyhow::bail!("evstream change-feed needs --change-feed-config (EVSTREAM_CHANGE_FEED_CONFIG)")

@@ -34,7 +34,8 @@ pub const QUOTA_UNAVAILABLE_TOTAL: &str = "evstream_quota_unavailable_total";
 pub const CHANGEFEED_PAGES_TOTAL: &str = "evstream_changefeed_pages_total";
 /// counter {container, result = published|duplicate|filtered|deadlettered}
 pub const CHANGEFEED_DOCUMENTS_TOTAL: &str = "evstream_changefeed_documents_total";
-/// counter {container, kind = container|feed_ranges|query|page|throttled|broker|quota|in_flight|deadletter|redis}
+/// counter {container, kind = client|container|feed_ranges|query|page|throttled|broker|quota|in_flight|deadletter|redis};
+/// container is `*` for `client` (the account itself)
 pub const CHANGEFEED_ERRORS_TOTAL: &str = "evstream_changefeed_errors_total";
 /// gauge {container, range}: seconds since the last change seen on the range (its `_ts`); range is the range's
 /// index in the container's lease list
