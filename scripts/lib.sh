@@ -57,6 +57,11 @@ ensure_smtp() {
     as_root apt-get update -qq >&2
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-aiosmtpd >&2
   fi
+  # The STARTTLS/SMTPS tests make their certificates with openssl.
+  if ! command -v openssl >/dev/null; then
+    log "installing openssl (Debian package)"
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq openssl >&2
+  fi
   echo /usr/bin/python3
 }
 

@@ -13,7 +13,7 @@ use hmac::{Hmac, Mac};
 use producer::alerts::{Alert, HistoryEntry};
 use rand::Rng;
 use schemas::policy::Severity;
-use schemas::receiver::{Receiver, PAGERDUTY_EVENTS_URL};
+use schemas::receiver::{Receiver, SmtpTls, PAGERDUTY_EVENTS_URL};
 use serde_json::{json, Value};
 use sha2::Sha256;
 use std::time::Duration;
@@ -187,12 +187,29 @@ pub fn email(r: &Receiver, kind: &str, a: &Alert) -> Option<lettre::Message> {
 /// problems) are retried, permanent ones (5xx) are final.
 pub async fn deliver_email(p: &DeliveryPolicy, receiver_id: &str, r: &Receiver, msg: lettre::Message) -> Delivered {
     use lettre::AsyncTransport;
-    let Receiver::Email { host, port, username, password, .. } = r else {
+    let Receiver::Email { host, port, username, password, tls, ca_certificate, .. } = r else {
         return Delivered { ok: false, reason: "not_email", attempts: vec![] };
     };
     let mut b = lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::builder_dangerous(host.as_str())
         .port(*port)
         .timeout(Some(p.timeout));
+    if *tls != SmtpTls::None {
+        producer::install_tls_provider();
+        let mut params = lettre::transport::smtp::client::TlsParameters::builder(host.clone());
+        if let Some(pem) = ca_certificate {
+            match lettre::transport::smtp::client::Certificate::from_pem(pem.as_bytes()) {
+                Ok(c) => params = params.add_root_certificate(c),
+                Err(_) => return Delivered { ok: false, reason: "bad_ca_certificate", attempts: vec![] },
+            }
+        }
+        let Ok(params) = params.build_rustls() else {
+            return Delivered { ok: false, reason: "tls_setup", attempts: vec![] };
+        };
+        b = b.tls(match tls {
+            SmtpTls::Tls => lettre::transport::smtp::client::Tls::Wrapper(params),
+            _ => lettre::transport::smtp::client::Tls::Required(params),
+        });
+    }
     if let (Some(u), Some(pw)) = (username, password) {
         b = b
             .credentials(lettre::transport::smtp::authentication::Credentials::new(u.clone(), pw.expose().to_string()));

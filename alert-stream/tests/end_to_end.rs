@@ -186,7 +186,7 @@ async fn policies_raise_alerts_and_receivers_get_their_payloads() {
     let receivers = [
         (
             "mail",
-            json!({"type": "email", "host": "127.0.0.1", "port": smtp.port, "from": "alerts@evstream.local", "to": ["oncall@example.com"]}),
+            json!({"type": "email", "host": "127.0.0.1", "port": smtp.port, "tls": "none", "from": "alerts@evstream.local", "to": ["oncall@example.com"]}),
         ),
         ("hook", json!({"type": "webhook", "url": format!("{base}/hook"), "secret": "s3cret"})),
         ("slack", json!({"type": "slack", "webhookUrl": format!("{base}/slack")})),

@@ -77,7 +77,7 @@ pub enum Receiver {
         #[serde(rename = "webhookUrl")]
         webhook_url: Secret,
     },
-    /// E-mail over SMTP (plain; optional AUTH with `username`/`password`).
+    /// E-mail over SMTP: STARTTLS by default (`tls`), optional AUTH with `username`/`password`.
     Email {
         host: String,
         #[serde(default = "smtp_port")]
@@ -88,7 +88,35 @@ pub enum Receiver {
         username: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         password: Option<Secret>,
+        #[serde(default)]
+        tls: SmtpTls,
+        /// PEM of a CA that signs the server's certificate, trusted besides the system's roots (an internal relay).
+        #[serde(default, rename = "caCertificate", skip_serializing_if = "Option::is_none")]
+        ca_certificate: Option<String>,
     },
+}
+
+/// How an e-mail receiver secures its SMTP connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Upgrade with STARTTLS, verifying the certificate; a server that cannot is refused (never sent in clear).
+    #[default]
+    Starttls,
+    /// TLS from the first byte (SMTPS, port 465).
+    Tls,
+    /// Plain SMTP, for a relay on a trusted network.
+    None,
+}
+
+impl SmtpTls {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SmtpTls::Starttls => "starttls",
+            SmtpTls::Tls => "tls",
+            SmtpTls::None => "none",
+        }
+    }
 }
 
 fn smtp_port() -> u16 {
@@ -144,6 +172,11 @@ impl Receiver {
             {
                 Err(vec![FieldError::new("host", "invalid_value", "an SMTP host name or address")])
             }
+            Receiver::Email { ca_certificate: Some(pem), .. }
+                if pem.len() > 64 * 1024 || !pem.contains("-----BEGIN CERTIFICATE-----") =>
+            {
+                Err(vec![FieldError::new("caCertificate", "invalid_value", "a PEM certificate (at most 64 KiB)")])
+            }
             Receiver::Email { from, .. } if !mailbox(from) => {
                 Err(vec![FieldError::new("from", "invalid_address", "an e-mail address")])
             }
@@ -179,9 +212,9 @@ impl Receiver {
                 serde_json::json!({"type": "pagerduty", "routingKey": routing_key.hint(), "url": url})
             }
             Receiver::Teams { webhook_url } => serde_json::json!({"type": "teams", "webhookUrl": webhook_url.hint()}),
-            Receiver::Email { host, port, from, to, username, password } => serde_json::json!({
+            Receiver::Email { host, port, from, to, username, password, tls, ca_certificate } => serde_json::json!({
                 "type": "email", "host": host, "port": port, "from": from, "to": to, "username": username,
-                "password": password.as_ref().map(Secret::hint)
+                "password": password.as_ref().map(Secret::hint), "tls": tls.as_str(), "caCertificate": ca_certificate
             }),
         }
     }

@@ -306,6 +306,20 @@ pub struct SmtpServer {
 
 impl SmtpServer {
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// An SMTP server that offers STARTTLS with `certs` and refuses mail before it (aiosmtpd's `--tlscert`).
+    pub async fn start_starttls(certs: &TlsFiles) -> anyhow::Result<Self> {
+        Self::start_with(&["--tlscert", &certs.cert, "--tlskey", &certs.key]).await
+    }
+
+    /// An SMTPS server: TLS from the first byte (aiosmtpd's `--smtpscert`).
+    pub async fn start_smtps(certs: &TlsFiles) -> anyhow::Result<Self> {
+        Self::start_with(&["--smtpscert", &certs.cert, "--smtpskey", &certs.key]).await
+    }
+
+    async fn start_with(extra: &[&str]) -> anyhow::Result<Self> {
         use tokio::io::AsyncBufReadExt;
         let python = std::env::var("EVSTREAM_TEST_PYTHON").unwrap_or_else(|_| "/usr/bin/python3".into());
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
@@ -320,6 +334,7 @@ impl SmtpServer {
                 "-l",
                 &format!("127.0.0.1:{port}"),
             ])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -350,5 +365,63 @@ impl SmtpServer {
 
     pub fn received(&self) -> String {
         self.out.lock().map(|o| o.clone()).unwrap_or_default()
+    }
+}
+
+/// A private CA and a server certificate it signed for 127.0.0.1 / localhost, made with `openssl` in a fresh
+/// folder (removed on drop).
+pub struct TlsFiles {
+    dir: std::path::PathBuf,
+    /// PEM of the CA, to trust.
+    pub ca_pem: String,
+    pub cert: String,
+    pub key: String,
+}
+
+impl TlsFiles {
+    pub fn generate() -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(unique("evstream-tls"));
+        std::fs::create_dir_all(&dir)?;
+        let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
+        std::fs::write(
+            dir.join("ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )?;
+        let steps: [Vec<String>; 3] = [
+            ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=evstream test CA", "-keyout"]
+                .iter()
+                .map(|s| s.to_string())
+                .chain([p("ca.key"), "-out".into(), p("ca.pem")])
+                .collect(),
+            ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout"]
+                .iter()
+                .map(|s| s.to_string())
+                .chain([p("server.key"), "-out".into(), p("server.csr")])
+                .collect(),
+            ["x509", "-req", "-days", "2", "-CAcreateserial", "-in"]
+                .iter()
+                .map(|s| s.to_string())
+                .chain([p("server.csr"), "-CA".into(), p("ca.pem"), "-CAkey".into(), p("ca.key")])
+                .chain(["-extfile".into(), p("ext"), "-out".into(), p("server.pem")])
+                .collect(),
+        ];
+        for args in steps {
+            let out = std::process::Command::new("openssl").args(&args).output().context("openssl")?;
+            if !out.status.success() {
+                bail!("openssl {}: {}", args[0], String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        Ok(Self {
+            ca_pem: std::fs::read_to_string(dir.join("ca.pem"))?,
+            cert: p("server.pem"),
+            key: p("server.key"),
+            dir,
+        })
+    }
+}
+
+impl Drop for TlsFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
