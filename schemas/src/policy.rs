@@ -139,8 +139,8 @@ pub struct AlertPolicy {
     pub auto_resolve_after_secs: Option<u32>,
 }
 
-/// Days and hours in which a policy is active, at a fixed UTC offset (`+01:00`). `end` before `start` spans
-/// midnight (`22:00`-`06:00`).
+/// Days and hours in which a policy is active, in a named time zone (`Europe/Berlin`, daylight saving included) or
+/// at a fixed UTC offset (`+01:00`). `end` before `start` spans midnight (`22:00`-`06:00`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TimeWindow {
@@ -152,6 +152,9 @@ pub struct TimeWindow {
     pub end: String,
     #[serde(default = "utc")]
     pub utc_offset: String,
+    /// An IANA time zone; when set it decides (and `utcOffset` must be left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
 }
 
 fn utc() -> String {
@@ -187,6 +190,14 @@ impl TimeWindow {
         if offset_minutes(&self.utc_offset).is_none() {
             return Err(("utcOffset", "+HH:MM or -HH:MM, at most 14 hours"));
         }
+        if let Some(tz) = &self.time_zone {
+            if tz.len() > 64 || jiff::tz::TimeZone::get(tz).is_err() {
+                return Err(("timeZone", "an IANA time zone name such as Europe/Berlin"));
+            }
+            if self.utc_offset != utc() {
+                return Err(("utcOffset", "leave it out when timeZone is set"));
+            }
+        }
         if !self.days.iter().all(|d| DAYS.contains(&d.as_str())) {
             return Err(("days", "mon, tue, wed, thu, fri, sat, sun"));
         }
@@ -200,17 +211,34 @@ impl TimeWindow {
         else {
             return false;
         };
-        let Ok(offset) = time::UtcOffset::from_whole_seconds(off * 60) else { return false };
-        let local = now.to_offset(offset);
-        let minute = u32::from(local.hour()) * 60 + u32::from(local.minute());
-        let day = DAYS[local.weekday().number_days_from_monday() as usize];
+        // Local minute of the day and weekday (0 = Monday).
+        let (minute, weekday) = match &self.time_zone {
+            Some(name) => {
+                let (Ok(tz), Ok(ts)) =
+                    (jiff::tz::TimeZone::get(name), jiff::Timestamp::from_second(now.unix_timestamp()))
+                else {
+                    return false;
+                };
+                let local = ts.to_zoned(tz);
+                (local.hour() as u32 * 60 + local.minute() as u32, local.weekday().to_monday_zero_offset() as usize)
+            }
+            None => {
+                let Ok(offset) = time::UtcOffset::from_whole_seconds(off * 60) else { return false };
+                let local = now.to_offset(offset);
+                (
+                    u32::from(local.hour()) * 60 + u32::from(local.minute()),
+                    local.weekday().number_days_from_monday() as usize,
+                )
+            }
+        };
+        let day = DAYS[weekday % 7];
         // A window spanning midnight belongs to the day it starts on.
         let (in_time, day_of_start) = if start <= end {
             (minute >= start && minute < end, day)
         } else if minute >= start {
             (true, day)
         } else {
-            (minute < end, DAYS[(local.weekday().number_days_from_monday() as usize + 6) % 7])
+            (minute < end, DAYS[(weekday + 6) % 7])
         };
         in_time && (self.days.is_empty() || self.days.iter().any(|d| d == day_of_start))
     }
@@ -1089,6 +1117,47 @@ mod matcher_tests {
             &json!({"eventType": "RESOURCE_METRIC", "data": {"metric": "CPU", "value": 97.5, "resourceId": "vm-1"}})
         ));
         assert!(!p.matches(&json!({"eventType": "RESOURCE_METRIC", "data": {"metric": "cpu", "value": 50}})));
+    }
+
+    #[test]
+    fn named_time_zones_follow_daylight_saving() {
+        let at = |t: &str| parse_time(t).unwrap();
+        let zone = |tz: &str| {
+            serde_json::from_value::<TimeWindow>(
+                json!({"days": ["mon", "tue", "wed", "thu", "fri"], "start": "09:00", "end": "17:00", "timeZone": tz}),
+            )
+            .unwrap()
+        };
+        let berlin = zone("Europe/Berlin");
+        assert!(berlin.check().is_ok());
+        let fixed: TimeWindow =
+            serde_json::from_value(json!({"days": ["tue"], "start": "09:00", "end": "17:00", "utcOffset": "+01:00"}))
+                .unwrap();
+        // Winter (CET, +01:00): 08:30Z is 09:30 in Berlin, as at the fixed offset.
+        assert!(berlin.contains(at("2026-11-24T08:30:00Z")) && fixed.contains(at("2026-11-24T08:30:00Z")));
+        // Summer (CEST, +02:00): 15:30Z is 17:30 in Berlin (closed) but 16:30 at +01:00 (open).
+        assert!(!berlin.contains(at("2026-07-07T15:30:00Z")));
+        assert!(fixed.contains(at("2026-07-07T15:30:00Z")));
+        assert!(berlin.contains(at("2026-07-07T07:30:00Z")), "09:30 CEST");
+        // The weekday is the local one: Saturday 01:00Z is still Friday 20:00 in New York, Sunday 23:30Z is
+        // already Monday 08:30 in Tokyo.
+        let all_day = |tz: &str, day: &str| {
+            serde_json::from_value::<TimeWindow>(
+                json!({"days": [day], "start": "00:00", "end": "23:59", "timeZone": tz}),
+            )
+            .unwrap()
+        };
+        assert!(all_day("America/New_York", "fri").contains(at("2026-11-28T01:00:00Z")));
+        assert!(!all_day("America/New_York", "sat").contains(at("2026-11-28T01:00:00Z")));
+        assert!(all_day("Asia/Tokyo", "mon").contains(at("2026-11-22T23:30:00Z")));
+        assert!(!all_day("Asia/Tokyo", "sun").contains(at("2026-11-22T23:30:00Z")));
+        let bad = zone("Mars/Olympus_Mons");
+        assert_eq!(bad.check().err().map(|e| e.0), Some("timeZone"));
+        let both: TimeWindow = serde_json::from_value(
+            json!({"start": "09:00", "end": "17:00", "timeZone": "Europe/Berlin", "utcOffset": "+02:00"}),
+        )
+        .unwrap();
+        assert_eq!(both.check().err().map(|e| e.0), Some("utcOffset"));
     }
 
     #[test]

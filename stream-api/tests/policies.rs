@@ -79,6 +79,10 @@ async fn invalid_policies_name_the_field() {
             json!({"name": "x", "severity": "low", "receivers": ["Bad Name"], "condition": {"rules": [{"field": "a", "operator": "exists"}]}}),
             "receivers[0]",
         ),
+        (
+            json!({"name": "x", "severity": "low", "activeWindows": [{"start": "09:00", "end": "17:00", "timeZone": "Mars/Base"}], "condition": {"rules": [{"field": "a", "operator": "exists"}]}}),
+            "activeWindows[0].timeZone",
+        ),
     ];
     for (doc, field) in cases {
         let r = app.put(&path, &key, &doc, None).await;
