@@ -254,6 +254,7 @@ impl Ctx {
                 event_id,
                 throttle_minutes: pol.throttle_minutes,
                 max_alerts_per_hour: pol.max_alerts_per_hour,
+                at_ms: producer::alerts::now_ms(),
             };
             match self.store.raise(firing).await {
                 Ok(Raised::Opened { alert, reopened }) => {
@@ -384,6 +385,7 @@ impl Ctx {
                 event_id: &format!("absence-{since}"),
                 throttle_minutes: pol.throttle_minutes,
                 max_alerts_per_hour: pol.max_alerts_per_hour,
+                at_ms: producer::alerts::now_ms(),
             };
             if let Ok(Raised::Opened { alert, reopened }) = self.store.raise(firing).await {
                 self.notify(tenant, &pol.receivers, if reopened { "reopened" } else { "opened" }, &alert).await;

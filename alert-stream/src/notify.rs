@@ -218,10 +218,13 @@ pub async fn deliver_email(p: &DeliveryPolicy, receiver_id: &str, r: &Receiver, 
     let mut attempts = Vec::new();
     let mut reason = "exhausted";
     for n in 1..=p.attempts {
-        let res = transport.send(msg.clone()).await;
+        // The transport's timeout covers each command, not a server that never greets (a TLS port spoken to in
+        // clear): bound the whole exchange too.
+        let res = tokio::time::timeout(p.timeout, transport.send(msg.clone())).await;
         let (ok, permanent, status) = match &res {
-            Ok(resp) => (resp.is_positive(), false, resp.code().to_string()),
-            Err(e) => (
+            Err(_) => (false, false, "timeout".to_string()),
+            Ok(Ok(resp)) => (resp.is_positive(), false, resp.code().to_string()),
+            Ok(Err(e)) => (
                 false,
                 e.is_permanent(),
                 if e.is_permanent() { "permanent".to_string() } else { "transient".to_string() },

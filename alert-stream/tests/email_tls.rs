@@ -59,13 +59,16 @@ async fn starttls_is_used_verified_and_required() {
 async fn smtps_wraps_the_connection_from_the_first_byte() {
     let certs = testkit::TlsFiles::generate().expect("certificates");
     let smtp = testkit::SmtpServer::start_smtps(&certs).await.expect("smtps");
+    let t = std::time::Instant::now();
     let ok =
         deliver_email(&policy(), "mail", &receiver(smtp.port, "tls", Some(&certs.ca_pem)), message("wrapped")).await;
     assert!(ok.ok, "SMTPS delivered ({})", ok.reason);
-    // STARTTLS against an SMTPS port cannot even read the greeting.
+    // STARTTLS against an SMTPS port never reads a greeting: bounded by the delivery timeout.
+    let short = DeliveryPolicy { timeout: Duration::from_secs(2), ..policy() };
     let wrong =
-        deliver_email(&policy(), "mail", &receiver(smtp.port, "starttls", Some(&certs.ca_pem)), message("x")).await;
+        deliver_email(&short, "mail", &receiver(smtp.port, "starttls", Some(&certs.ca_pem)), message("x")).await;
     assert!(!wrong.ok);
+    assert!(t.elapsed() < Duration::from_secs(30), "the delivery timeout bounds a silent server: {:?}", t.elapsed());
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !smtp.received().contains("wrapped") && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -100,7 +100,8 @@ pub fn alert_id(tenant: &TenantId, policy: &str, group_key: &str) -> String {
 
 pub use crate::now_rfc3339;
 
-fn now_ms() -> i64 {
+/// Milliseconds since the epoch: the time of the alert stream's decisions (throttle, hourly limits).
+pub fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
@@ -141,7 +142,19 @@ pub struct Firing<'a> {
     pub max_alerts_per_hour: Option<u32>,
     /// Raise silently for this reason (`silenced`, `inhibited`), decided by the caller.
     pub mute: Option<&'static str>,
+    /// When the decision is made (ms since the epoch, [`now_ms`] in the alert stream): the throttle window and the
+    /// hour of `max_alerts_per_hour` are measured on it, so a caller (a test) can move time without waiting.
+    pub at_ms: i64,
 }
+
+/// Throttle: notified at ARGV[1] unless the last notification (KEYS[1]) is less than ARGV[2] ms before it.
+const THROTTLE: &str = r"
+local last = redis.call('GET', KEYS[1])
+if last and tonumber(ARGV[1]) - tonumber(last) < tonumber(ARGV[2]) and tonumber(ARGV[1]) >= tonumber(last) then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1";
 
 /// What happened to an alert when an event matched.
 #[derive(Debug, Clone, PartialEq)]
@@ -308,19 +321,21 @@ impl AlertStore {
         // Throttle: a group that was notified within the window is raised silently.
         let mut suppressed = f.mute;
         if suppressed.is_none() && f.throttle_minutes > 0 {
-            let mut c = redis::cmd("SET");
-            c.arg(format!("evstream:{t}:alert:{id}:throttle"))
-                .arg(1)
-                .arg("NX")
-                .arg("EX")
-                .arg(u64::from(f.throttle_minutes) * 60);
-            let set: Option<String> = self.redis.query(&c).await?;
-            if set.is_none() {
+            let window_ms = u64::from(f.throttle_minutes) * 60_000;
+            let mut conn = self.redis.get()?;
+            let r: Result<i64, _> = redis::Script::new(THROTTLE)
+                .key(format!("evstream:{t}:alert:{id}:throttle"))
+                .arg(f.at_ms)
+                .arg(window_ms)
+                .invoke_async(&mut conn)
+                .await;
+            self.redis.observe(&r);
+            if r? == 0 {
                 suppressed = Some("throttled");
             }
         }
         if let (None, Some(max)) = (suppressed, f.max_alerts_per_hour) {
-            let hour = now_ms() / 3_600_000;
+            let hour = f.at_ms.div_euclid(3_600_000);
             let mut pipe = redis::pipe();
             let k = format!("evstream:{t}:policy:{}:opened:{hour}", f.policy_id);
             pipe.cmd("INCR").arg(&k).cmd("EXPIRE").arg(&k).arg(3600).ignore();
