@@ -17,23 +17,35 @@ pub struct PolicyBenchArgs {
     /// Events evaluated (spread over the tenants).
     #[arg(long, default_value_t = 200_000)]
     pub events: usize,
+    /// Make every rule of every policy distinct (its own threshold, substring and pattern), so policies share no
+    /// rule: the worst case for the shared evaluation.
+    #[arg(long)]
+    pub unique: bool,
 }
 
 /// A deterministic policy mixing every operator, nested groups and case folding.
-fn policy(i: usize) -> AlertPolicy {
+fn policy(i: usize, unique: bool) -> AlertPolicy {
     let types = EventType::ALL;
     let t1 = types[i % types.len()];
     let t2 = types[(i * 7 + 3) % types.len()];
+    // In unique mode each rule carries the policy's number: no two policies share a rule.
+    let u = |base: &str| if unique { format!("{base}|u{i}") } else { base.to_string() };
     let rule = |k: usize| -> Value {
         match k % 8 {
+            0 if unique => json!({"field": "data.riskScore", "operator": "gte", "value": 50.0 + i as f64 / 1000.0}),
             0 => json!({"field": "data.riskScore", "operator": "gte", "value": 50 + (i % 50)}),
-            1 => json!({"field": "source", "operator": "in", "value": ["AWS", "GCP", "ARCHER_GRC"]}),
+            1 => json!({"field": "source", "operator": "in", "value": ["AWS", "GCP", "ARCHER_GRC", u("X")]}),
+            2 if unique => {
+                json!({"field": "data.owner", "operator": "contains", "value": format!("ops{}", "\u{b7}".repeat(i % 3)), "caseSensitive": false})
+            }
             2 => json!({"field": "data.owner", "operator": "contains", "value": "ops", "caseSensitive": false}),
-            3 => json!({"field": "metadata.region", "operator": "regex", "value": "^eu-(west|central)-[0-9]$"}),
-            4 => json!({"field": "data.status", "operator": "ne", "value": "closed"}),
-            5 => json!({"field": "entityId", "operator": "exists"}),
-            6 => json!({"field": "data.value", "operator": "lt", "value": 90.5}),
-            _ => json!({"field": "data.tags", "operator": "contains", "value": "pci"}),
+            3 => json!({"field": "metadata.region", "operator": "regex", "value": u("^eu-(west|central)-[0-9]$")}),
+            4 => json!({"field": "data.status", "operator": "ne", "value": u("closed")}),
+            5 => json!({"field": if unique { format!("data.f{i}") } else { "entityId".into() }, "operator": "exists"}),
+            6 => {
+                json!({"field": "data.value", "operator": "lt", "value": if unique { 90.0 + i as f64 / 1000.0 } else { 90.5 }})
+            }
+            _ => json!({"field": "data.tags", "operator": "contains", "value": u("pci")}),
         }
     };
     let doc = json!({
@@ -73,7 +85,9 @@ pub fn run(a: PolicyBenchArgs) -> anyhow::Result<()> {
     let sets: Vec<PolicySet> = (0..a.tenants)
         .map(|t| {
             PolicySet::new(
-                (0..a.policies).filter_map(|i| CompiledPolicy::compile(&format!("p{i}"), policy(i + t)).ok()).collect(),
+                (0..a.policies)
+                    .filter_map(|i| CompiledPolicy::compile(&format!("p{i}"), policy(i + t, a.unique)).ok())
+                    .collect(),
             )
         })
         .collect();
@@ -84,8 +98,13 @@ pub fn run(a: PolicyBenchArgs) -> anyhow::Result<()> {
     std::hint::black_box(warm);
     // Counted outside the timed loop.
     let candidates: usize = events.iter().map(|(t, e)| sets[*t].candidates(e)).sum();
-    let distinct: usize = sets.iter().map(PolicySet::distinct_rules).sum::<usize>() / sets.len().max(1);
-    println!("distinct rules per tenant (interned): {distinct}");
+    let per_tenant = |f: fn(&PolicySet) -> usize| sets.iter().map(f).sum::<usize>() / sets.len().max(1);
+    println!(
+        "shared per tenant: {} distinct rules, {} distinct rules and groups (from {} policies)",
+        per_tenant(PolicySet::distinct_rules),
+        per_tenant(PolicySet::distinct_nodes),
+        a.policies
+    );
     let (wall, cpu) = (Instant::now(), cpu_secs());
     let mut matches = 0usize;
     for (t, e) in &events {

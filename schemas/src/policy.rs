@@ -762,62 +762,59 @@ pub fn render(template: &str, event: &Value) -> String {
 
 /// A tenant's compiled policies, indexed by the event types they apply to.
 ///
-/// For evaluation the rules of all policies are interned: identical rules (same field, operator, operand and case
-/// folding) share one slot, and so do identical field paths. An event then resolves each distinct path at most once
-/// and evaluates each distinct rule at most once, however many policies use it; a policy is a tree of rule slots.
+/// For evaluation the conditions of all policies are hash-consed into one graph: identical rules (same field,
+/// operator, operand and case folding) share one node, identical groups (same kind, same children) too, and so do
+/// identical field paths. An event resolves each distinct path at most once and evaluates each distinct node at most
+/// once, however many policies share it; a policy is the id of its root node.
 #[derive(Debug, Default, Clone)]
 pub struct PolicySet {
     policies: Vec<CompiledPolicy>,
     by_type: HashMap<EventType, Vec<usize>>,
     any_type: Vec<usize>,
-    /// Per policy, its condition over the interned rules, flattened (see [`Interner::emit`]).
-    programs: Vec<Vec<u32>>,
-    rules: Vec<InternedRule>,
+    /// Per policy, the node of its condition.
+    roots: Vec<usize>,
+    nodes: Vec<SharedNode>,
     paths: Vec<Path>,
+    distinct_rules: usize,
 }
 
 #[derive(Debug, Clone)]
-struct InternedRule {
-    path: usize,
-    op: Operator,
-    operand: Operand,
-    case_sensitive: bool,
+enum SharedNode {
+    Rule { path: usize, op: Operator, operand: Operand, case_sensitive: bool },
+    Group { all: bool, children: Vec<usize> },
 }
 
-/// The per-event memo of an evaluation: each distinct rule's verdict and each distinct path's value, once known.
+/// The per-event memo of an evaluation: each distinct node's verdict and each distinct path's value, once known.
 struct Memo<'e> {
-    rules: Vec<u8>,
+    nodes: Vec<u8>,
     paths: Vec<Option<Option<&'e Value>>>,
 }
 
 #[derive(Default)]
 struct Interner {
-    rules: Vec<InternedRule>,
-    rule_ids: HashMap<String, usize>,
+    nodes: Vec<SharedNode>,
+    node_ids: HashMap<String, usize>,
     paths: Vec<Path>,
     path_ids: HashMap<String, usize>,
+    rules: usize,
 }
 
 impl Interner {
-    fn program(&mut self, c: &Compiled) -> Vec<u32> {
-        let mut code = Vec::new();
-        self.emit(c, &mut code);
-        code
+    fn intern(&mut self, key: String, make: impl FnOnce() -> SharedNode) -> usize {
+        let next = self.nodes.len();
+        let id = *self.node_ids.entry(key).or_insert(next);
+        if id == next {
+            self.nodes.push(make());
+        }
+        id
     }
 
-    /// Flattens a condition into words, depth first: a rule is `id << 1`; a group is a header
-    /// `len << 2 | all << 1 | 1` followed by its children's `len` words. Evaluation walks the slice with short
-    /// cuts and no pointer chasing.
-    fn emit(&mut self, c: &Compiled, code: &mut Vec<u32>) {
+    fn node(&mut self, c: &Compiled) -> usize {
         match c {
             Compiled::Group { all, children } => {
-                let header = code.len();
-                code.push(0);
-                for child in children {
-                    self.emit(child, code);
-                }
-                let len = (code.len() - header - 1) as u32;
-                code[header] = len << 2 | u32::from(*all) << 1 | 1;
+                let ids: Vec<usize> = children.iter().map(|c| self.node(c)).collect();
+                let key = format!("G{all}:{ids:?}");
+                self.intern(key, || SharedNode::Group { all: *all, children: ids.clone() })
             }
             Compiled::Rule { path, op, operand, case_sensitive, .. } => {
                 let name = path.segments.join("\u{1f}");
@@ -826,18 +823,16 @@ impl Interner {
                 if path_id == next_path {
                     self.paths.push(path.clone());
                 }
-                let key = format!("{name}\u{1e}{op:?}\u{1e}{case_sensitive}\u{1e}{operand:?}");
-                let next_rule = self.rules.len();
-                let id = *self.rule_ids.entry(key).or_insert(next_rule);
-                if id == next_rule {
-                    self.rules.push(InternedRule {
-                        path: path_id,
-                        op: *op,
-                        operand: operand.clone(),
-                        case_sensitive: *case_sensitive,
-                    });
-                }
-                code.push((id as u32) << 1);
+                let key = format!("R{name}\u{1e}{op:?}\u{1e}{case_sensitive}\u{1e}{operand:?}");
+                let before = self.nodes.len();
+                let id = self.intern(key, || SharedNode::Rule {
+                    path: path_id,
+                    op: *op,
+                    operand: operand.clone(),
+                    case_sensitive: *case_sensitive,
+                });
+                self.rules += usize::from(self.nodes.len() > before);
+                id
             }
         }
     }
@@ -846,8 +841,15 @@ impl Interner {
 impl PolicySet {
     pub fn new(policies: Vec<CompiledPolicy>) -> Self {
         let mut interner = Interner::default();
-        let programs = policies.iter().map(|p| interner.program(&p.root)).collect();
-        let mut s = Self { policies, programs, rules: interner.rules, paths: interner.paths, ..Default::default() };
+        let roots = policies.iter().map(|p| interner.node(&p.root)).collect();
+        let mut s = Self {
+            policies,
+            roots,
+            nodes: interner.nodes,
+            paths: interner.paths,
+            distinct_rules: interner.rules,
+            ..Default::default()
+        };
         for (i, p) in s.policies.iter().enumerate() {
             if p.policy.event_types.is_empty() {
                 s.any_type.push(i);
@@ -870,7 +872,12 @@ impl PolicySet {
 
     /// The distinct rules of all policies (what an event evaluates at most).
     pub fn distinct_rules(&self) -> usize {
-        self.rules.len()
+        self.distinct_rules
+    }
+
+    /// The distinct rules and groups of all policies.
+    pub fn distinct_nodes(&self) -> usize {
+        self.nodes.len()
     }
 
     /// The indexes of the policies that apply to the event's type: those indexed for it, then the untyped ones.
@@ -908,54 +915,36 @@ impl PolicySet {
     /// The policies an event matches; only the candidates indexed for its type are evaluated, and each distinct
     /// rule at most once.
     pub fn matching<'a>(&'a self, event: &'a Value) -> impl Iterator<Item = &'a CompiledPolicy> + 'a {
-        let mut memo = Memo { rules: vec![0; self.rules.len()], paths: vec![None; self.paths.len()] };
+        let mut memo = Memo { nodes: vec![0; self.nodes.len()], paths: vec![None; self.paths.len()] };
         self.candidate_ids(event).filter_map(move |i| {
             let p = &self.policies[i];
-            (p.policy.enabled && self.run(&self.programs[i], 0, event, &mut memo).0).then_some(p)
+            (p.policy.enabled && self.run(self.roots[i], event, &mut memo)).then_some(p)
         })
     }
 
-    /// The verdict of the node at `code[i]`, and the index after it.
-    fn run<'e>(&self, code: &[u32], i: usize, e: &'e Value, memo: &mut Memo<'e>) -> (bool, usize) {
-        let Some(&w) = code.get(i) else { return (false, i + 1) };
-        if w & 1 == 1 {
-            let all = w & 2 != 0;
-            let end = i + 1 + (w >> 2) as usize;
-            let mut j = i + 1;
-            while j < end {
-                let (v, next) = self.run(code, j, e, memo);
-                // AND stops at the first false, OR at the first true.
-                if v != all {
-                    return (v, end);
-                }
-                j = next;
-            }
-            return (all, end);
+    fn run<'e>(&self, id: usize, e: &'e Value, memo: &mut Memo<'e>) -> bool {
+        match memo.nodes[id] {
+            1 => return false,
+            2 => return true,
+            _ => {}
         }
-        (self.verdict((w >> 1) as usize, e, memo), i + 1)
-    }
-
-    fn verdict<'e>(&self, id: usize, e: &'e Value, memo: &mut Memo<'e>) -> bool {
-        {
-            match memo.rules[id] {
-                1 => false,
-                2 => true,
-                _ => {
-                    let r = &self.rules[id];
-                    let v = match memo.paths[r.path] {
-                        Some(v) => v,
-                        None => {
-                            let v = self.paths[r.path].get(e);
-                            memo.paths[r.path] = Some(v);
-                            v
-                        }
-                    };
-                    let m = rule(v, r.op, &r.operand, r.case_sensitive);
-                    memo.rules[id] = if m { 2 } else { 1 };
-                    m
-                }
+        let m = match &self.nodes[id] {
+            SharedNode::Group { all: true, children } => children.iter().all(|c| self.run(*c, e, memo)),
+            SharedNode::Group { all: false, children } => children.iter().any(|c| self.run(*c, e, memo)),
+            SharedNode::Rule { path, op, operand, case_sensitive } => {
+                let v = match memo.paths[*path] {
+                    Some(v) => v,
+                    None => {
+                        let v = self.paths[*path].get(e);
+                        memo.paths[*path] = Some(v);
+                        v
+                    }
+                };
+                rule(v, *op, operand, *case_sensitive)
             }
-        }
+        };
+        memo.nodes[id] = if m { 2 } else { 1 };
+        m
     }
 }
 
