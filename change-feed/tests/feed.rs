@@ -169,17 +169,31 @@ impl Harness {
         testkit::read_topic(&self.brokers, &self.events_topic, timeout, |r| r.len() >= n).await.expect("read events")
     }
 
+    async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        let client = redis::Client::open(self.redis_url.as_str()).expect("redis url");
+        client.get_multiplexed_async_connection().await.expect("redis")
+    }
+
+    /// The Redis keys of one kind (`ckpt`, `lease`) of `container`'s ranges.
+    async fn range_keys(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        container: &str,
+        kind: &str,
+    ) -> Vec<String> {
+        redis::cmd("KEYS")
+            .arg(format!("{}:{}/{container}:{kind}:*", self.prefix, self.database))
+            .query_async(conn)
+            .await
+            .expect("keys")
+    }
+
     /// Waits until every range of `container` has a checkpoint (the reader has pinned its start).
     async fn wait_checkpoints(&self, container: &str, ranges: usize) {
-        let client = redis::Client::open(self.redis_url.as_str()).expect("redis url");
-        let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
+        let mut conn = self.redis().await;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{}:{}/{container}:ckpt:*", self.prefix, self.database))
-                .query_async(&mut conn)
-                .await
-                .expect("keys");
+            let keys = self.range_keys(&mut conn, container, "ckpt").await;
             if keys.len() >= ranges {
                 return;
             }
@@ -189,15 +203,9 @@ impl Harness {
     }
 
     async fn lease_holders(&self, container: &str) -> HashMap<String, String> {
-        let client = redis::Client::open(self.redis_url.as_str()).expect("redis url");
-        let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:{}/{container}:lease:*", self.prefix, self.database))
-            .query_async(&mut conn)
-            .await
-            .expect("keys");
+        let mut conn = self.redis().await;
         let mut out = HashMap::new();
-        for k in keys {
+        for k in self.range_keys(&mut conn, container, "lease").await {
             let v: Option<String> = redis::cmd("GET").arg(&k).query_async(&mut conn).await.expect("get");
             if let Some(v) = v {
                 out.insert(k, v);
@@ -294,13 +302,8 @@ async fn event_ids_stay_the_same_when_the_feed_is_read_again_and_replays_are_dro
     reader.stop().await;
 
     // Lose every checkpoint: the next reader reads the whole feed again (as after a lost checkpoint store).
-    let client = redis::Client::open(h.redis_url.as_str()).expect("redis url");
-    let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}:{}/risks:ckpt:*", h.prefix, h.database))
-        .query_async(&mut conn)
-        .await
-        .expect("keys");
+    let mut conn = h.redis().await;
+    let keys = h.range_keys(&mut conn, "risks", "ckpt").await;
     assert_eq!(keys.len(), 2);
     let _: i64 = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.expect("del");
     put(&c, &risk(&t, "r9", 1, "open")).await;
