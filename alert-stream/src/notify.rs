@@ -194,7 +194,6 @@ pub async fn deliver_email(p: &DeliveryPolicy, receiver_id: &str, r: &Receiver, 
         .port(*port)
         .timeout(Some(p.timeout));
     if *tls != SmtpTls::None {
-        producer::install_tls_provider();
         let mut params = lettre::transport::smtp::client::TlsParameters::builder(host.clone());
         if let Some(pem) = ca_certificate {
             match lettre::transport::smtp::client::Certificate::from_pem(pem.as_bytes()) {

@@ -12,24 +12,41 @@
 
 use producer::redis_conn::RedisConn;
 use redis::{RedisError, Script};
+use std::sync::LazyLock;
 use std::time::Duration;
 
-const ACQUIRE: &str = r"
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
-return 0";
+return 0",
+    )
+});
 
-const RENEW: &str = r"
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0";
+return 0",
+    )
+});
 
-const RELEASE: &str = r"
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0";
+return 0",
+    )
+});
 
-const CHECKPOINT: &str = r"
+static CHECKPOINT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[2], ARGV[2]) return 1 end
-return 0";
+return 0",
+    )
+});
 
 /// The lease store of one container.
 #[derive(Clone)]
@@ -97,9 +114,7 @@ impl Leases {
         let _: Result<i64, _> = self.redis.query(&*redis::cmd("ZREM").arg(&key).arg(&self.owner)).await;
     }
 
-    async fn script(&self, body: &str, keys: &[String], args: &[String]) -> Result<i64, RedisError> {
-        let mut conn = self.redis.get()?;
-        let script = Script::new(body);
+    async fn script(&self, script: &Script, keys: &[String], args: &[String]) -> Result<i64, RedisError> {
         let mut inv = script.prepare_invoke();
         for k in keys {
             inv.key(k);
@@ -107,9 +122,7 @@ impl Leases {
         for a in args {
             inv.arg(a);
         }
-        let r = inv.invoke_async(&mut conn).await;
-        self.redis.observe(&r);
-        r
+        self.redis.query(&inv).await
     }
 
     fn lease_key(&self, range: usize) -> String {
@@ -123,17 +136,17 @@ impl Leases {
     /// Takes range `range` when it is free (or already ours); true when this reader holds it now.
     pub async fn acquire(&self, range: usize) -> Result<bool, RedisError> {
         let args = [self.owner.clone(), self.ttl_ms().to_string()];
-        Ok(self.script(ACQUIRE, &[self.lease_key(range)], &args).await? == 1)
+        Ok(self.script(&ACQUIRE, &[self.lease_key(range)], &args).await? == 1)
     }
 
     /// Extends our lease; false when it is no longer ours.
     pub async fn renew(&self, range: usize) -> Result<bool, RedisError> {
         let args = [self.owner.clone(), self.ttl_ms().to_string()];
-        Ok(self.script(RENEW, &[self.lease_key(range)], &args).await? == 1)
+        Ok(self.script(&RENEW, &[self.lease_key(range)], &args).await? == 1)
     }
 
     pub async fn release(&self, range: usize) -> Result<(), RedisError> {
-        self.script(RELEASE, &[self.lease_key(range)], std::slice::from_ref(&self.owner)).await.map(|_| ())
+        self.script(&RELEASE, &[self.lease_key(range)], std::slice::from_ref(&self.owner)).await.map(|_| ())
     }
 
     /// The owner of a range's lease, if any.
@@ -148,6 +161,6 @@ impl Leases {
     /// Stores a range's continuation token if we still hold its lease; false when the lease was lost.
     pub async fn save_checkpoint(&self, range: usize, token: &str) -> Result<bool, RedisError> {
         let keys = [self.lease_key(range), self.checkpoint_key(range)];
-        Ok(self.script(CHECKPOINT, &keys, &[self.owner.clone(), token.to_owned()]).await? == 1)
+        Ok(self.script(&CHECKPOINT, &keys, &[self.owner.clone(), token.to_owned()]).await? == 1)
     }
 }

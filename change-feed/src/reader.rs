@@ -51,11 +51,11 @@ pub fn owner_id() -> String {
     format!("{host}-{}-{:08x}", std::process::id(), rand::rng().random::<u32>())
 }
 
-/// Runs the change feed until `stop` resolves: leases, reads and publishes every configured container.
+/// Runs the change feed until `stop` resolves: leases, reads and publishes every configured container. Leases and
+/// checkpoints go to the pipeline's own Redis connection.
 pub async fn run(
     file: ChangeFeedFile,
     pipeline: Pipeline,
-    redis: RedisConn,
     stop: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ChangeFeedError> {
     let mut backoff = Backoff::new(file.backoff());
@@ -75,6 +75,7 @@ pub async fn run(
             }
         }
     };
+    let redis = pipeline.redis().connection();
     let shared = Arc::new(Shared { file, client, pipeline, redis, owner: owner_id() });
     tracing::info!(owner = %shared.owner, containers = shared.file.containers.len(), "change feed starting");
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -259,10 +260,8 @@ async fn coordinate(
     Ok(())
 }
 
-enum PageError {
-    /// Try the page again from the checkpoint after this long (at least).
-    Retry(Option<Duration>, &'static str),
-}
+/// Read the page again from the checkpoint, after this long at least; the error kind for the metric.
+struct Retry(Option<Duration>, &'static str);
 
 /// Reads one range until stopped or its lease is lost.
 async fn read_range(
@@ -356,7 +355,7 @@ async fn read_range(
                     .filter_map(|i| i.current().or(i.previous()).and_then(|d| d.get("_ts")).and_then(Value::as_i64))
                     .max()
                     .max(last_change);
-                if let Err(PageError::Retry(hint, kind)) = publish(&shared, &mapping, items).await {
+                if let Err(Retry(hint, kind)) = publish(&shared, &mapping, items).await {
                     error(kind);
                     if wait_or_stop(backoff.step(hint), &mut stop).await {
                         return;
@@ -437,21 +436,22 @@ fn to_change(item: &ChangeFeedItem<Value>, mapping: &ContainerMapping) -> Change
 
 /// Publishes one page. `Ok` when every change is either acknowledged by Kafka, a known duplicate, filtered by the
 /// tenant's config, or stored on the dead-letter topic; otherwise the page is retried from the checkpoint.
-async fn publish(
-    shared: &Shared,
-    mapping: &ContainerMapping,
-    items: Vec<ChangeFeedItem<Value>>,
-) -> Result<(), PageError> {
+async fn publish(shared: &Shared, mapping: &ContainerMapping, items: Vec<ChangeFeedItem<Value>>) -> Result<(), Retry> {
     let label = mapping.container.clone();
     let count = |result: &'static str, n: u64| {
         metrics::counter!(m::CHANGEFEED_DOCUMENTS_TOTAL, "container" => label.clone(), "result" => result).increment(n);
     };
     let dead = shared.pipeline.dead_letters();
     let mut events = Vec::with_capacity(items.len());
-    for item in &items {
+    // Which item each event came from, to dead-letter it if the pipeline refuses it.
+    let mut from = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
         let change = to_change(item, mapping);
         match map_change(mapping, &change) {
-            Ok(v) => events.push(v),
+            Ok(v) => {
+                events.push(v);
+                from.push(i);
+            }
             Err(u) => {
                 let original = json!({
                     "database": mapping.database,
@@ -459,9 +459,7 @@ async fn publish(
                     "document": change.current,
                 })
                 .to_string();
-                dead.send_acked(u.code(), None, &[], &original)
-                    .await
-                    .map_err(|_| PageError::Retry(None, "deadletter"))?;
+                dead.send_acked(u.code(), None, &[], &original).await.map_err(|_| Retry(None, "deadletter"))?;
                 count("deadlettered", 1);
             }
         }
@@ -477,17 +475,16 @@ async fn publish(
         correlation: None,
         idempotency_key: None,
     };
-    let originals = events.clone();
     let results = shared.pipeline.ingest_many(events, &ctx).await;
-    let mut retry: Option<(Option<Duration>, &'static str)> = None;
-    for (r, original) in results.into_iter().zip(originals) {
+    let mut retry = None;
+    for (r, i) in results.into_iter().zip(from) {
         match r {
             Ok(Outcome::Accepted(a)) => count(if a.duplicate { "duplicate" } else { "published" }, 1),
             Ok(Outcome::Filtered { .. }) => count("filtered", 1),
             // Retryable: the broker, the quota or a concurrent write of the same id; the page is read again.
-            Err(IngestError::Unavailable(_)) => retry = Some((None, "broker")),
-            Err(IngestError::QuotaExceeded { retry_after, .. }) => retry = Some((Some(retry_after), "quota")),
-            Err(IngestError::InFlight) => retry = Some((None, "in_flight")),
+            Err(IngestError::Unavailable(_)) => retry = Some(Retry(None, "broker")),
+            Err(IngestError::QuotaExceeded { retry_after, .. }) => retry = Some(Retry(Some(retry_after), "quota")),
+            Err(IngestError::InFlight) => retry = Some(Retry(None, "in_flight")),
             // Dead-lettered by the pipeline itself (a registered tenant's invalid or refused event).
             Err(
                 IngestError::Invalid { .. } | IngestError::TenantDisabled { .. } | IngestError::SourceNotAllowed { .. },
@@ -496,18 +493,17 @@ async fn publish(
             Err(
                 e @ (IngestError::UnknownTenant { .. } | IngestError::Forbidden { .. } | IngestError::Undeliverable(_)),
             ) => {
+                // Rare: map the item again rather than keep a copy of every event of every page.
+                let original = map_change(mapping, &to_change(&items[i], mapping)).unwrap_or_default();
                 let tenant = original.get("tenantId").and_then(Value::as_str);
                 dead.send_acked(e.code(), tenant, &[], &original.to_string())
                     .await
-                    .map_err(|_| PageError::Retry(None, "deadletter"))?;
+                    .map_err(|_| Retry(None, "deadletter"))?;
                 count("deadlettered", 1);
             }
         }
     }
-    match retry {
-        Some((hint, kind)) => Err(PageError::Retry(hint, kind)),
-        None => Ok(()),
-    }
+    retry.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]

@@ -5,7 +5,6 @@ use azure_data_cosmos::clients::ContainerClient;
 use change_feed::config::{Auth, ChangeFeedFile, FeedMode, StartFrom};
 use change_feed::ContainerMapping;
 use producer::config_log::ConfigRecord;
-use producer::redis_conn::RedisConn;
 use producer::sinks::kafka::KafkaSinkConfig;
 use producer::Pipeline;
 use schemas::TenantId;
@@ -152,14 +151,13 @@ impl Harness {
     }
 
     async fn reader(&self, file: ChangeFeedFile) -> Reader {
-        let redis = RedisConn::connect(&self.redis_url).await.expect("redis");
         let (tx, mut rx) = watch::channel(false);
         let pipeline = self.pipeline.clone();
         let task = tokio::spawn(async move {
             let stop = async move {
                 let _ = rx.wait_for(|s| *s).await;
             };
-            change_feed::run(file, pipeline, redis, stop).await.expect("reader runs");
+            change_feed::run(file, pipeline, stop).await.expect("reader runs");
         });
         Reader { task, stop: tx }
     }

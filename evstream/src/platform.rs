@@ -125,10 +125,9 @@ pub async fn run(o: Common, roles: Roles) -> anyhow::Result<()> {
         );
     }
     if let Some(file) = change_feed {
-        let redis = producer::redis_conn::RedisConn::connect(&o.redis_url).await?;
         let pipeline = state.pipeline.clone();
         let stop = stopped();
-        tasks.spawn(async move { change_feed::run(file, pipeline, redis, stop).await.map_err(anyhow::Error::from) });
+        tasks.spawn(async move { change_feed::run(file, pipeline, stop).await.map_err(anyhow::Error::from) });
     } else if roles.change_feed && roles.api {
         tracing::info!("change feed not configured (EVSTREAM_CHANGE_FEED_CONFIG unset)");
     }

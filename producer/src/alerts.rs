@@ -148,13 +148,17 @@ pub struct Firing<'a> {
 }
 
 /// Throttle: notified at ARGV[1] unless the last notification (KEYS[1]) is less than ARGV[2] ms before it.
-const THROTTLE: &str = r"
+static THROTTLE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
 local last = redis.call('GET', KEYS[1])
 if last and tonumber(ARGV[1]) - tonumber(last) < tonumber(ARGV[2]) and tonumber(ARGV[1]) >= tonumber(last) then
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1";
+return 1",
+    )
+});
 
 /// What happened to an alert when an event matched.
 #[derive(Debug, Clone, PartialEq)]
@@ -322,15 +326,10 @@ impl AlertStore {
         let mut suppressed = f.mute;
         if suppressed.is_none() && f.throttle_minutes > 0 {
             let window_ms = u64::from(f.throttle_minutes) * 60_000;
-            let mut conn = self.redis.get()?;
-            let r: Result<i64, _> = redis::Script::new(THROTTLE)
-                .key(format!("evstream:{t}:alert:{id}:throttle"))
-                .arg(f.at_ms)
-                .arg(window_ms)
-                .invoke_async(&mut conn)
-                .await;
-            self.redis.observe(&r);
-            if r? == 0 {
+            let mut inv = THROTTLE.prepare_invoke();
+            inv.key(format!("evstream:{t}:alert:{id}:throttle")).arg(f.at_ms).arg(window_ms);
+            let notify: i64 = self.redis.query(&inv).await?;
+            if notify == 0 {
                 suppressed = Some("throttled");
             }
         }

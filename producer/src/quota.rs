@@ -90,27 +90,18 @@ impl Quotas {
         // A bucket left alone for a whole burst is full again; only then may its key expire.
         let ttl_ms = q.burst_seconds.saturating_mul(2000).max(60_000);
         let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
-        let res: Result<(i64, i64), _> = match self.redis.get() {
-            Err(e) => Err(e),
-            Ok(mut conn) => {
-                let r = self
-                    .script
-                    .key(format!("evstream:{tenant}:quota:events"))
-                    .key(format!("evstream:{tenant}:quota:bytes"))
-                    .arg(now_ms)
-                    .arg(q.events_per_second)
-                    .arg(e_burst)
-                    .arg(events)
-                    .arg(q.bytes_per_second)
-                    .arg(b_burst)
-                    .arg(bytes)
-                    .arg(ttl_ms)
-                    .invoke_async(&mut conn)
-                    .await;
-                self.redis.observe(&r);
-                r
-            }
-        };
+        let mut inv = self.script.prepare_invoke();
+        inv.key(format!("evstream:{tenant}:quota:events"))
+            .key(format!("evstream:{tenant}:quota:bytes"))
+            .arg(now_ms)
+            .arg(q.events_per_second)
+            .arg(e_burst)
+            .arg(events)
+            .arg(q.bytes_per_second)
+            .arg(b_burst)
+            .arg(bytes)
+            .arg(ttl_ms);
+        let res: Result<(i64, i64), _> = self.redis.query(&inv).await;
         match res {
             Ok((1, _)) => QuotaDecision::Allowed,
             Ok((_, wait_ms)) if events as f64 <= e_burst as f64 && bytes as f64 <= b_burst as f64 => {

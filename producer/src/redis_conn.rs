@@ -153,7 +153,7 @@ impl RedisConn {
     }
 }
 
-/// A command or a pipeline.
+/// A command, a pipeline or a script invocation.
 pub trait RedisRunnable {
     fn run<T: redis::FromRedisValue>(
         self,
@@ -164,6 +164,14 @@ pub trait RedisRunnable {
 impl RedisRunnable for &redis::Cmd {
     async fn run<T: redis::FromRedisValue>(self, conn: &mut ConnectionManager) -> Result<T, RedisError> {
         self.query_async(conn).await
+    }
+}
+
+impl RedisRunnable for &redis::ScriptInvocation<'_> {
+    async fn run<T: redis::FromRedisValue>(self, conn: &mut ConnectionManager) -> Result<T, RedisError> {
+        // The reply as a plain value first: the invocation's future is `Send` only for a `Send` result type.
+        let v: redis::Value = self.invoke_async(conn).await?;
+        T::from_redis_value(&v)
     }
 }
 

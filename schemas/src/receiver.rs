@@ -109,16 +109,6 @@ pub enum SmtpTls {
     None,
 }
 
-impl SmtpTls {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SmtpTls::Starttls => "starttls",
-            SmtpTls::Tls => "tls",
-            SmtpTls::None => "none",
-        }
-    }
-}
-
 fn smtp_port() -> u16 {
     25
 }
@@ -214,7 +204,7 @@ impl Receiver {
             Receiver::Teams { webhook_url } => serde_json::json!({"type": "teams", "webhookUrl": webhook_url.hint()}),
             Receiver::Email { host, port, from, to, username, password, tls, ca_certificate } => serde_json::json!({
                 "type": "email", "host": host, "port": port, "from": from, "to": to, "username": username,
-                "password": password.as_ref().map(Secret::hint), "tls": tls.as_str(), "caCertificate": ca_certificate
+                "password": password.as_ref().map(Secret::hint), "tls": tls, "caCertificate": ca_certificate
             }),
         }
     }
