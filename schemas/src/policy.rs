@@ -21,7 +21,10 @@ use crate::catalog::EventType;
 use crate::field::FieldError;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::collections::HashMap;
+
+mod plan;
 
 impl Severity {
     pub fn as_str(self) -> &'static str {
@@ -460,7 +463,7 @@ fn operand(v: &Value, case_sensitive: bool) -> Operand {
         Value::Null => Operand::None,
         Value::Number(n) => n.as_f64().map_or(Operand::Json(v.clone()), Operand::Number),
         Value::String(s) if case_sensitive => Operand::Text(s.clone()),
-        Value::String(s) => Operand::Text(s.to_lowercase()),
+        Value::String(s) => Operand::Text(fold(s).into_owned()),
         other => Operand::Json(other.clone()),
     }
 }
@@ -658,6 +661,17 @@ fn trace(c: &Compiled, e: &Value, out: &mut Vec<RuleTrace>) -> bool {
     }
 }
 
+/// Case folding for case-insensitive rules: each character lower-cased on its own, the same way for operands (at
+/// compile time) and for values (per event). (`str::to_lowercase` treats a final sigma apart, which a per-character
+/// comparison would not match.)
+fn fold(s: &str) -> Cow<'_, str> {
+    if s.chars().all(|c| c.to_lowercase().eq(std::iter::once(c))) {
+        Cow::Borrowed(s)
+    } else {
+        Cow::Owned(s.chars().flat_map(char::to_lowercase).collect())
+    }
+}
+
 /// `a == b` for text; when case-insensitive, the operand is already lower-cased and the value is folded on the fly.
 fn text_eq(value: &str, operand: &str, case_sensitive: bool) -> bool {
     if case_sensitive {
@@ -764,30 +778,25 @@ pub fn render(template: &str, event: &Value) -> String {
 ///
 /// For evaluation the conditions of all policies are hash-consed into one graph: identical rules (same field,
 /// operator, operand and case folding) share one node, identical groups (same kind, same children) too, and so do
-/// identical field paths. An event resolves each distinct path at most once and evaluates each distinct node at most
-/// once, however many policies share it; a policy is the id of its root node.
+/// identical field paths. Each event type then has a [`plan::Plan`] over the policies of that type, and one more
+/// plan holds the policies of every type. A plan evaluates each distinct node at most once per event, and decides
+/// the thresholds, equality tests and patterns on one field together (one binary search, one hash lookup, one
+/// pattern-set scan), so that policies with nothing in common still cost little each.
 #[derive(Debug, Default, Clone)]
 pub struct PolicySet {
     policies: Vec<CompiledPolicy>,
     by_type: HashMap<EventType, Vec<usize>>,
     any_type: Vec<usize>,
-    /// Per policy, the node of its condition.
-    roots: Vec<usize>,
-    nodes: Vec<SharedNode>,
-    paths: Vec<Path>,
+    plans: HashMap<EventType, plan::Plan>,
+    any_type_plan: plan::Plan,
     distinct_rules: usize,
+    distinct_nodes: usize,
 }
 
 #[derive(Debug, Clone)]
 enum SharedNode {
     Rule { path: usize, op: Operator, operand: Operand, case_sensitive: bool },
     Group { all: bool, children: Vec<usize> },
-}
-
-/// The per-event memo of an evaluation: each distinct node's verdict and each distinct path's value, once known.
-struct Memo<'e> {
-    nodes: Vec<u8>,
-    paths: Vec<Option<Option<&'e Value>>>,
 }
 
 #[derive(Default)]
@@ -841,13 +850,11 @@ impl Interner {
 impl PolicySet {
     pub fn new(policies: Vec<CompiledPolicy>) -> Self {
         let mut interner = Interner::default();
-        let roots = policies.iter().map(|p| interner.node(&p.root)).collect();
+        let roots: Vec<usize> = policies.iter().map(|p| interner.node(&p.root)).collect();
         let mut s = Self {
-            policies,
-            roots,
-            nodes: interner.nodes,
-            paths: interner.paths,
             distinct_rules: interner.rules,
+            distinct_nodes: interner.nodes.len(),
+            policies,
             ..Default::default()
         };
         for (i, p) in s.policies.iter().enumerate() {
@@ -855,10 +862,26 @@ impl PolicySet {
                 s.any_type.push(i);
             } else {
                 for t in &p.policy.event_types {
-                    s.by_type.entry(*t).or_default().push(i);
+                    let of_type = s.by_type.entry(*t).or_default();
+                    // A type listed twice is one entry.
+                    if of_type.last() != Some(&i) {
+                        of_type.push(i);
+                    }
                 }
             }
         }
+        // Disabled policies are candidates (their resolve conditions still apply) but never match.
+        let enabled = |ids: &[usize]| -> Vec<(usize, usize)> {
+            ids.iter().filter(|i| s.policies[**i].policy.enabled).map(|i| (*i, roots[*i])).collect()
+        };
+        let plans = s
+            .by_type
+            .iter()
+            .map(|(t, ids)| (*t, plan::Plan::new(enabled(ids), &interner.nodes, &interner.paths)))
+            .collect();
+        let any_type_plan = plan::Plan::new(enabled(&s.any_type), &interner.nodes, &interner.paths);
+        s.plans = plans;
+        s.any_type_plan = any_type_plan;
         s
     }
 
@@ -870,20 +893,23 @@ impl PolicySet {
         self.policies.is_empty()
     }
 
-    /// The distinct rules of all policies (what an event evaluates at most).
+    /// The distinct rules of all policies.
     pub fn distinct_rules(&self) -> usize {
         self.distinct_rules
     }
 
     /// The distinct rules and groups of all policies.
     pub fn distinct_nodes(&self) -> usize {
-        self.nodes.len()
+        self.distinct_nodes
+    }
+
+    fn event_type(event: &Value) -> Option<EventType> {
+        event.get("eventType").and_then(Value::as_str).and_then(EventType::parse)
     }
 
     /// The indexes of the policies that apply to the event's type: those indexed for it, then the untyped ones.
     fn candidate_ids<'a>(&'a self, event: &Value) -> impl Iterator<Item = usize> + 'a {
-        let t = event.get("eventType").and_then(Value::as_str).and_then(EventType::parse);
-        let typed: &[usize] = t.and_then(|t| self.by_type.get(&t)).map_or(&[], Vec::as_slice);
+        let typed: &[usize] = Self::event_type(event).and_then(|t| self.by_type.get(&t)).map_or(&[], Vec::as_slice);
         typed.iter().chain(self.any_type.iter()).copied()
     }
 
@@ -906,45 +932,21 @@ impl PolicySet {
         &self.policies
     }
 
-    /// The reference evaluation: each candidate policy on its own (no sharing of rules or paths). Same answer as
-    /// [`Self::matching`]; kept for tests and for measuring what the sharing gains.
+    /// The reference evaluation: each candidate policy on its own (no sharing of rules, paths or batches). Same
+    /// answer as [`Self::matching`]; kept for tests and for measuring what the plans gain.
     pub fn matching_one_by_one<'a>(&'a self, event: &'a Value) -> impl Iterator<Item = &'a CompiledPolicy> + 'a {
         self.candidates_of(event).filter(move |p| p.matches(event))
     }
 
-    /// The policies an event matches; only the candidates indexed for its type are evaluated, and each distinct
-    /// rule at most once.
+    /// The policies an event matches, in the order of [`Self::candidates`]: the plan of its type, then the plan of
+    /// the untyped policies.
     pub fn matching<'a>(&'a self, event: &'a Value) -> impl Iterator<Item = &'a CompiledPolicy> + 'a {
-        let mut memo = Memo { nodes: vec![0; self.nodes.len()], paths: vec![None; self.paths.len()] };
-        self.candidate_ids(event).filter_map(move |i| {
-            let p = &self.policies[i];
-            (p.policy.enabled && self.run(self.roots[i], event, &mut memo)).then_some(p)
-        })
-    }
-
-    fn run<'e>(&self, id: usize, e: &'e Value, memo: &mut Memo<'e>) -> bool {
-        match memo.nodes[id] {
-            1 => return false,
-            2 => return true,
-            _ => {}
-        }
-        let m = match &self.nodes[id] {
-            SharedNode::Group { all: true, children } => children.iter().all(|c| self.run(*c, e, memo)),
-            SharedNode::Group { all: false, children } => children.iter().any(|c| self.run(*c, e, memo)),
-            SharedNode::Rule { path, op, operand, case_sensitive } => {
-                let v = match memo.paths[*path] {
-                    Some(v) => v,
-                    None => {
-                        let v = self.paths[*path].get(e);
-                        memo.paths[*path] = Some(v);
-                        v
-                    }
-                };
-                rule(v, *op, operand, *case_sensitive)
-            }
-        };
-        memo.nodes[id] = if m { 2 } else { 1 };
-        m
+        let typed = Self::event_type(event).and_then(|t| self.plans.get(&t));
+        typed
+            .into_iter()
+            .chain(std::iter::once(&self.any_type_plan))
+            .flat_map(move |plan| plan.matching(event))
+            .map(|i| &self.policies[i])
     }
 }
 
@@ -1055,6 +1057,21 @@ mod tests {
         assert!(!one("data.nope", "gt", json!(1), true));
     }
 
+    /// Case-insensitive rules fold operands and values the same way, character by character: a final sigma
+    /// (`Σ` at the end of a word) matches whatever case it is written in.
+    #[test]
+    fn case_folding_is_the_same_for_operands_and_values() {
+        let e = json!({"data": {"word": "ΟΔΟΣ"}});
+        for (op, v) in
+            [("eq", json!("οδοσ")), ("eq", json!("ΟΔΟΣ")), ("contains", json!("ΔΟΣ")), ("in", json!(["ΟΔΟΣ"]))]
+        {
+            let p =
+                policy(json!({"rules": [{"field": "data.word", "operator": op, "value": v, "caseSensitive": false}]}));
+            assert!(p.matches(&e), "{op} {v}");
+            assert_eq!(PolicySet::new(vec![p]).matching(&e).count(), 1, "{op} {v}");
+        }
+    }
+
     #[test]
     fn and_or_and_nesting() {
         let p = policy(json!({"matchAll": true, "rules": [
@@ -1160,6 +1177,89 @@ mod tests {
             let check = |op: &str| policy(json!({"rules": [{"field": "data.s", "operator": op, "value": t, "caseSensitive": false}]})).matches(&e);
             proptest::prop_assert_eq!(check("eq"), s.to_lowercase() == t.to_lowercase());
             proptest::prop_assert_eq!(check("contains"), s.to_lowercase().contains(&t.to_lowercase()));
+        }
+
+        /// A policy set's plans (shared rules, batched thresholds, equality tables, pattern sets and `exists`
+        /// passes) give exactly the verdicts of evaluating each policy on its own, for random policies over a few
+        /// fields (so that many rules share a field and form batches) and random events (numbers, `-0`, text in
+        /// mixed case, arrays, booleans, nulls and missing fields).
+        #[test]
+        fn plans_agree_with_policy_by_policy(
+            policies in proptest::collection::vec(proptest::collection::vec(0u32..u32::MAX, 1..7), 1..80),
+            events in proptest::collection::vec(proptest::collection::vec(0u32..u32::MAX, 8), 1..40),
+        ) {
+            const FIELDS: [&str; 8] = ["data.a", "data.b", "data.s", "data.list", "data.list.0", "source", "data.o.x", "data.o.y"];
+            const OPS: [&str; 11] = ["eq", "ne", "gt", "lt", "gte", "lte", "in", "not_in", "contains", "regex", "exists"];
+            const TEXTS: [&str; 6] = ["aws", "AWS", "Gcp", "ΟΔΟΣ", "οδοσ", "x"];
+            let scalar = |r: u32| -> Value {
+                match r % 4 {
+                    0 => json!((r >> 4) % 7),
+                    1 => json!(((r >> 4) % 9) as f64 / 2.0 - 1.0),
+                    _ => json!(TEXTS[(r >> 4) as usize % TEXTS.len()]),
+                }
+            };
+            let rule = |r: u32| -> Value {
+                let (field, op) = (FIELDS[r as usize % FIELDS.len()], OPS[(r >> 3) as usize % OPS.len()]);
+                let v = r >> 7;
+                let value = match op {
+                    "gt" | "lt" | "gte" | "lte" => json!((v % 13) as f64 / 2.0 - 2.0),
+                    "in" | "not_in" => json!([scalar(v), scalar(v >> 9), if v.is_multiple_of(5) { json!(true) } else { scalar(v >> 3) }]),
+                    "regex" => json!(["^a", "s$", "^(g|o)", "δ"][v as usize % 4]),
+                    "exists" => Value::Null,
+                    _ => if v.is_multiple_of(11) { json!(false) } else { scalar(v) },
+                };
+                json!({"field": field, "operator": op, "value": value, "caseSensitive": (v >> 20).is_multiple_of(2)})
+            };
+            let compiled: Vec<CompiledPolicy> = policies
+                .iter()
+                .enumerate()
+                .map(|(i, rs)| {
+                    let (inner, outer) = rs.split_at(rs.len() / 2);
+                    let mut rules: Vec<Value> = outer.iter().map(|r| rule(*r)).collect();
+                    if !inner.is_empty() {
+                        rules.push(json!({"matchAll": rs[0] % 2 == 0, "rules": inner.iter().map(|r| rule(*r)).collect::<Vec<_>>()}));
+                    }
+                    let types: Vec<&str> = match rs[0] % 3 { 0 => vec![], 1 => vec!["RISK_CREATED"], _ => vec!["RISK_CREATED", "CLOUD_ALERT"] };
+                    let doc = json!({"name": "p", "severity": "low", "eventTypes": types, "enabled": rs[0] % 13 != 0,
+                        "condition": {"matchAll": rs[0] % 4 != 1, "rules": rules}});
+                    CompiledPolicy::compile(&format!("p{i}"), AlertPolicy::from_json(doc).unwrap()).unwrap()
+                })
+                .collect();
+            let set = PolicySet::new(compiled);
+            for fs in &events {
+                let value = |r: u32| -> Option<Value> {
+                    match r % 8 {
+                        0 => None,
+                        1 => Some(Value::Null),
+                        2 => Some(json!(r.is_multiple_of(3))),
+                        3 => Some(json!(-0.0)),
+                        4 => Some(json!([scalar(r >> 3), scalar(r >> 12)])),
+                        5 => Some(json!({"x": scalar(r >> 3)})),
+                        _ => Some(scalar(r >> 3)),
+                    }
+                };
+                let mut data = Map::new();
+                for (k, r) in ["a", "b", "s", "list"].iter().zip(fs) {
+                    if let Some(v) = value(*r) {
+                        data.insert(k.to_string(), v);
+                    }
+                }
+                let mut o = Map::new();
+                for (k, r) in ["x", "y"].iter().zip(&fs[4..6]) {
+                    if let Some(v) = value(*r) {
+                        o.insert(k.to_string(), v);
+                    }
+                }
+                data.insert("o".into(), Value::Object(o));
+                let t = ["RISK_CREATED", "CLOUD_ALERT", "USER_ACTION"][fs[6] as usize % 3];
+                let mut e = json!({"eventType": t, "data": data});
+                if let Some(v) = value(fs[7]) {
+                    e["source"] = v;
+                }
+                let fast: Vec<&str> = set.matching(&e).map(|p| p.id.as_str()).collect();
+                let slow: Vec<&str> = set.matching_one_by_one(&e).map(|p| p.id.as_str()).collect();
+                proptest::prop_assert_eq!(fast, slow, "event {}", e);
+            }
         }
 
         /// Rendering never panics, whatever the template.
