@@ -13,7 +13,7 @@ use crate::idempotency::{Claim, ClaimGuard, Idempotency};
 use crate::metric_names as m;
 use crate::quota::{QuotaDecision, Quotas};
 use crate::route;
-use crate::sinks::kafka::{KafkaSink, KafkaSinkError};
+use crate::sinks::kafka::{Delivered, KafkaSink, KafkaSinkError};
 use crate::sinks::redis_stream::{RedisStreamSink, StreamEntry};
 use crate::tenant_stats::TenantStats;
 use crate::topics::{TopicSpec, Topics};
@@ -351,41 +351,60 @@ impl Pipeline {
 
         let same_as: Vec<Option<(usize, TenantId)>> =
             stages.iter().map(|s| if let Stage::SameAs(j, t) = s { Some((*j, t.clone())) } else { None }).collect();
-        let results = futures::future::join_all(stages.into_iter().zip(guards).map(|(stage, guard)| {
-            let limited = &limited;
-            async move {
-                match stage {
-                    Stage::Done(r) => r,
-                    Stage::SameAs(..) => Err(IngestError::InFlight),
-                    Stage::Ready(p) => {
-                        if let Some((retry_after, reason)) = limited.get(&p.event.tenant_id) {
-                            if let Some(g) = guard {
-                                self.inner.idempotency.release(g).await;
-                            }
-                            let e = IngestError::QuotaExceeded {
-                                tenant: p.event.tenant_id.clone(),
-                                retry_after: *retry_after,
-                                reason,
-                            };
-                            self.count_rejection(Some(p.event.tenant_id), &e, None);
-                            return Err(e);
-                        }
-                        let r = self.commit(&p).await;
-                        if let Err(e) = &r {
-                            self.count_rejection(Some(p.event.tenant_id.clone()), e, None);
-                        }
-                        if let Some(g) = guard {
-                            match &r {
-                                Ok(Outcome::Accepted(a)) => self.inner.idempotency.complete(g, a).await,
-                                _ => self.inner.idempotency.release(g).await,
-                            }
-                        }
-                        r
+        // Quota refusals and earlier answers are settled here; the rest are committed together.
+        let mut results: Vec<Option<Result<Outcome, IngestError>>> = Vec::with_capacity(stages.len());
+        let mut to_commit: Vec<(usize, Box<Prepared>, Option<ClaimGuard>)> = Vec::new();
+        let mut to_release: Vec<ClaimGuard> = Vec::new();
+        for (idx, (stage, guard)) in stages.into_iter().zip(guards).enumerate() {
+            results.push(match stage {
+                Stage::Done(r) => Some(r),
+                Stage::SameAs(..) => Some(Err(IngestError::InFlight)),
+                Stage::Ready(p) => match limited.get(&p.event.tenant_id) {
+                    Some((retry_after, reason)) => {
+                        to_release.extend(guard);
+                        let e = IngestError::QuotaExceeded {
+                            tenant: p.event.tenant_id.clone(),
+                            retry_after: *retry_after,
+                            reason,
+                        };
+                        self.count_rejection(Some(p.event.tenant_id.clone()), &e, None);
+                        Some(Err(e))
                     }
+                    None => {
+                        to_commit.push((idx, p, guard));
+                        None
+                    }
+                },
+            });
+        }
+        let committed = self.commit_all(to_commit.iter().map(|(_, p, _)| &**p)).await;
+        // Claimed ids: the stored answer for a retry, or the claim given back after a failure.
+        let mut settle = Vec::new();
+        for ((idx, p, guard), r) in to_commit.into_iter().zip(committed) {
+            if let Err(e) = &r {
+                self.count_rejection(Some(p.event.tenant_id.clone()), e, None);
+            }
+            if let Some(g) = guard {
+                match &r {
+                    Ok(Outcome::Accepted(a)) => settle.push((g, Some(a.clone()))),
+                    _ => settle.push((g, None)),
                 }
             }
-        }))
-        .await;
+            results[idx] = Some(r);
+        }
+        settle.extend(to_release.into_iter().map(|g| (g, None)));
+        if !settle.is_empty() {
+            let idem = &self.inner.idempotency;
+            futures::future::join_all(settle.into_iter().map(|(g, a)| async move {
+                match a {
+                    Some(a) => idem.complete(g, &a).await,
+                    None => idem.release(g).await,
+                }
+            }))
+            .await;
+        }
+        let results: Vec<Result<Outcome, IngestError>> =
+            results.into_iter().map(|r| r.unwrap_or(Err(IngestError::InFlight))).collect();
         let mut results = results;
         for (idx, same) in same_as.into_iter().enumerate() {
             if let Some((j, tenant)) = same {
@@ -457,38 +476,65 @@ impl Pipeline {
         Ok(Prepared { event, cfg, json, dedup_key, filtered: None })
     }
 
-    /// Kafka (awaited, every route) -> Redis (queued).
-    async fn commit(&self, p: &Prepared) -> Result<Outcome, IngestError> {
+    /// Kafka (every route of every event queued first, then every acknowledgement awaited) -> Redis (queued).
+    async fn commit_all<'p>(&self, prepared: impl Iterator<Item = &'p Prepared>) -> Vec<Result<Outcome, IngestError>> {
+        let i = &self.inner;
+        let prepared: Vec<&Prepared> = prepared.collect();
+        let mut routes: Vec<Vec<&str>> = Vec::with_capacity(prepared.len());
+        let mut sends = Vec::with_capacity(prepared.len());
+        for p in &prepared {
+            let topics = if p.filtered.is_some() { Vec::new() } else { route::topics(&p.cfg, &i.cfg.default_topic) };
+            let key = p.event.tenant_id.as_str();
+            for t in &topics {
+                sends.push(i.kafka.enqueue(t, key, &p.json, route::headers(&p.event), p.cfg.compression_enabled));
+            }
+            routes.push(topics);
+        }
+        let mut delivered = futures::future::join_all(sends).await.into_iter();
+        prepared
+            .iter()
+            .zip(&routes)
+            .map(|(p, topics)| self.settle(p, topics, delivered.by_ref().take(topics.len())))
+            .collect()
+    }
+
+    /// One event's answer from its records' acknowledgements; an accepted event is queued for Redis.
+    fn settle(
+        &self,
+        p: &Prepared,
+        topics: &[&str],
+        delivered: impl Iterator<Item = Result<Delivered, KafkaSinkError>>,
+    ) -> Result<Outcome, IngestError> {
         let i = &self.inner;
         if let Some(reason) = p.filtered {
             return Ok(Outcome::Filtered { id: p.event.id.clone(), reason });
         }
         let event = &p.event;
         let cfg = &p.cfg;
-        let topics = route::topics(cfg, &i.cfg.default_topic);
-        let key = event.tenant_id.as_str();
-        let sends =
-            topics.iter().map(|t| i.kafka.send(t, key, &p.json, route::headers(event), cfg.compression_enabled));
-        let results = futures::future::join_all(sends).await;
-        let mut placements = Vec::with_capacity(results.len());
-        for (t, r) in topics.iter().zip(results) {
+        let mut placements = Vec::with_capacity(topics.len());
+        let mut failure = None;
+        for (t, r) in topics.iter().zip(delivered) {
             match r {
                 Ok(d) => {
                     placements.push(Placement { topic: (*t).to_string(), partition: d.partition, offset: d.offset })
                 }
+                // The first failure decides the answer (every record was waited for).
                 Err(e) => {
-                    self.reconcile_topics(&topics);
-                    return Err(match e {
-                        KafkaSinkError::Retriable { .. } => IngestError::Unavailable(Box::new(e)),
-                        KafkaSinkError::Final { .. } => {
-                            // No sink can take it as it is: keep it, with the reason, on the dead-letter topic.
-                            let original = String::from_utf8_lossy(&p.json);
-                            i.dead.send(e.reason(), Some(event.tenant_id.as_str()), &[], &original);
-                            IngestError::Undeliverable(Box::new(e))
-                        }
-                    });
+                    failure.get_or_insert(e);
                 }
             }
+        }
+        if let Some(e) = failure {
+            self.reconcile_topics(topics);
+            return Err(match e {
+                KafkaSinkError::Retriable { .. } => IngestError::Unavailable(Box::new(e)),
+                KafkaSinkError::Final { .. } => {
+                    // No sink can take it as it is: keep it, with the reason, on the dead-letter topic.
+                    let original = String::from_utf8_lossy(&p.json);
+                    i.dead.send(e.reason(), Some(event.tenant_id.as_str()), &[], &original);
+                    IngestError::Undeliverable(Box::new(e))
+                }
+            });
         }
         if cfg.destination_enabled(DestinationKind::Redis) {
             i.redis.enqueue(StreamEntry {

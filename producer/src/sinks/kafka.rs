@@ -117,19 +117,43 @@ impl KafkaSink {
         headers: OwnedHeaders,
         compress: bool,
     ) -> Result<Delivered, KafkaSinkError> {
+        self.enqueue(topic, key, payload, headers, compress).await
+    }
+
+    /// Queues one record at once, and returns the wait for the broker's acknowledgement. A bulk request queues all
+    /// of its records before it waits for any, so that they travel in as few produce requests as the linger
+    /// allows and no per-record task is polled while they do.
+    pub fn enqueue<'a>(
+        &self,
+        topic: &'a str,
+        key: &str,
+        payload: &[u8],
+        headers: OwnedHeaders,
+        compress: bool,
+    ) -> impl std::future::Future<Output = Result<Delivered, KafkaSinkError>> + Send + 'a {
         let producer = if compress { &self.lz4 } else { &self.plain };
         let record = FutureRecord::to(topic).key(key).payload(payload).headers(headers);
         let started = Instant::now();
         // Never wait for queue space: a full queue is overload, answered at once.
-        let res = producer.send(record, Timeout::After(Duration::ZERO)).await;
-        metrics::histogram!(m::KAFKA_PRODUCE_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
-        match res {
-            Ok(d) => Ok(Delivered { partition: d.partition, offset: d.offset }),
-            Err((e, _)) => {
-                let err = classify(topic, e);
-                tracing::warn!(topic, reason = err.reason(), error = %e_display(&err), "kafka produce failed");
-                metrics::counter!(m::KAFKA_PRODUCE_ERRORS_TOTAL, "reason" => err.reason()).increment(1);
-                Err(err)
+        let queued = producer.send_result(record).map_err(|(e, _)| e);
+        async move {
+            let res = match queued {
+                Ok(delivery) => match delivery.await {
+                    Ok(Ok(d)) => Ok(d),
+                    Ok(Err((e, _))) => Err(e),
+                    Err(_) => Err(KafkaError::Canceled),
+                },
+                Err(e) => Err(e),
+            };
+            metrics::histogram!(m::KAFKA_PRODUCE_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
+            match res {
+                Ok(d) => Ok(Delivered { partition: d.partition, offset: d.offset }),
+                Err(e) => {
+                    let err = classify(topic, e);
+                    tracing::warn!(topic, reason = err.reason(), error = %e_display(&err), "kafka produce failed");
+                    metrics::counter!(m::KAFKA_PRODUCE_ERRORS_TOTAL, "reason" => err.reason()).increment(1);
+                    Err(err)
+                }
             }
         }
     }
