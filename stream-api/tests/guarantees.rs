@@ -6,6 +6,7 @@ mod common;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use common::{event, Opts, TestApp, ADMIN};
+use futures::StreamExt;
 use serde_json::json;
 use std::time::Duration;
 
@@ -145,6 +146,62 @@ async fn quota_is_shared_by_instances() {
     let limited = statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count();
     assert_eq!((accepted, limited), (4, 2), "{statuses:?}");
     let _ = WAIT;
+}
+
+/// An instance takes quota ahead, in leases of a tenth of a second of the tenant's rate: twenty requests in a row
+/// make one call to the shared buckets (seen as writes to the tenant's bucket key in Redis), not twenty.
+#[tokio::test]
+async fn quota_is_taken_ahead_in_leases() {
+    let app = TestApp::start().await;
+    let (tenant, key) = app.tenant().await;
+    let client = redis::Client::open(testkit::redis_url()).expect("redis url");
+    let mut admin = client.get_multiplexed_async_connection().await.expect("redis");
+    // Keyspace events for hash commands (the buckets are hashes); other tests' keys do not reach this channel.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("notify-keyspace-events")
+        .arg("Kh")
+        .query_async(&mut admin)
+        .await
+        .expect("config");
+    let mut pubsub = client.get_async_pubsub().await.expect("pubsub");
+    pubsub.subscribe(format!("__keyspace@0__:evstream:{tenant}:quota:events")).await.expect("subscribe");
+    for _ in 0..20 {
+        assert_eq!(app.post("/events", &key, &event(&tenant)).await.status, StatusCode::ACCEPTED);
+    }
+    let mut messages = pubsub.on_message();
+    let mut writes = 0;
+    while tokio::time::timeout(Duration::from_millis(500), messages.next()).await.ok().flatten().is_some() {
+        writes += 1;
+    }
+    // One lease lasts 100 ms; a slow machine may need a few for twenty requests, never one per request.
+    assert!((1..=10).contains(&writes), "{writes} writes to the bucket for 20 requests");
+}
+
+/// Leases never admit more than the buckets hold: two instances sharing a bucket of 50 events (50/s, burst 1 s)
+/// and sending 120 events between them admit at most what the bucket held plus what it refilled meanwhile.
+#[tokio::test]
+async fn leases_never_admit_more_than_the_quota() {
+    let first = TestApp::start().await;
+    let (tenant, key) = first.tenant().await;
+    let quota = json!({"quota": {"eventsPerSecond": 50, "bytesPerSecond": 1_000_000, "burstSeconds": 1}});
+    assert_eq!(first.put(&format!("/stream-config/{tenant}"), ADMIN, &quota, None).await.status, StatusCode::OK);
+    let second = TestApp::start_with(Opts { config_topic: first.config_topic.clone(), ..Opts::default() }).await;
+    let started = std::time::Instant::now();
+    let mut accepted = 0;
+    for i in 0..120 {
+        let app = if i % 2 == 0 { &first } else { &second };
+        if app.post("/events", &key, &event(&tenant)).await.status == StatusCode::ACCEPTED {
+            accepted += 1;
+        }
+    }
+    let bound = 50.0 + 50.0 * started.elapsed().as_secs_f64();
+    assert!(accepted as f64 <= bound.floor(), "{accepted} accepted, the bucket allowed at most {bound:.1}");
+    assert!(accepted >= 40, "only {accepted} accepted of a bucket of 50");
+    // Each test instance has a topic of its own.
+    let written = first.records_for(&first.events_topic, &tenant, accepted + 1, Duration::from_secs(3)).await.len()
+        + second.records_for(&second.events_topic, &tenant, accepted + 1, Duration::from_secs(3)).await.len();
+    assert_eq!(written, accepted);
 }
 
 /// Requests in flight are bounded: beyond the bound the API answers 503 `overloaded` at once instead of queueing,
