@@ -377,7 +377,11 @@ impl Pipeline {
                 },
             });
         }
-        let committed = self.commit_all(to_commit.iter().map(|(_, p, _)| &**p)).await;
+        // The claims of refused events are given back while the others are written.
+        let idem = &self.inner.idempotency;
+        let releases = futures::future::join_all(to_release.into_iter().map(|g| idem.release(g)));
+        let (committed, _) =
+            futures::future::join(self.commit_all(to_commit.iter().map(|(_, p, _)| &**p)), releases).await;
         // Claimed ids: the stored answer for a retry, or the claim given back after a failure.
         let mut settle = Vec::new();
         for ((idx, p, guard), r) in to_commit.into_iter().zip(committed) {
@@ -392,9 +396,7 @@ impl Pipeline {
             }
             results[idx] = Some(r);
         }
-        settle.extend(to_release.into_iter().map(|g| (g, None)));
         if !settle.is_empty() {
-            let idem = &self.inner.idempotency;
             futures::future::join_all(settle.into_iter().map(|(g, a)| async move {
                 match a {
                     Some(a) => idem.complete(g, &a).await,

@@ -2,12 +2,13 @@
 //! same buckets. One script call checks and takes both buckets atomically. When Redis is unreachable the quota is
 //! not enforced (counted): Kafka ingest must not depend on Redis.
 //!
-//! An instance does not ask Redis for every request: a call takes up to [`LEASE`] worth of the tenant's rate
-//! (never less than the request needs, never more than the buckets hold) and keeps the surplus as a local lease
-//! that the next requests draw from until it is used up or [`LEASE`] has passed. Tokens are never created, so
+//! An instance does not ask Redis for every small request: a call tops a local lease up to [`LEASE`] worth of
+//! the tenant's rate (never more than the buckets hold), and the next requests draw on that lease until it is used
+//! up or [`LEASE`] has passed. Tokens are never created, and a lease never holds more than one lease's worth, so
 //! the instances together never admit more than the quota; what a lease still holds when it lapses is not given
-//! back (the tenant loses at most a tenth of a second of its rate per instance). A tenant whose rate is under ten
-//! events a second gets leases of exactly what each request needs, that is, one call per request as before.
+//! back (the tenant loses at most a tenth of a second of its rate per instance). Requests larger than half a
+//! lease (bulk requests of a tenant with a small quota; every request of a tenant under 20 events a second) ask
+//! Redis for exactly what they need, as before; only the small ones wait for one call per tenant at a time.
 
 use crate::metric_names as m;
 use crate::redis_conn::RedisConn;
@@ -118,17 +119,32 @@ impl Quotas {
         }
     }
 
-    /// Keeps what a call took beyond the request's needs, for [`LEASE`], together with what a current lease still
-    /// holds.
-    fn keep_lease(&self, tenant: &TenantId, events: u64, bytes: u64) {
+    /// Takes from a current lease what it has towards a request it cannot cover alone: returns (events, bytes)
+    /// taken and what the lease still holds afterwards.
+    fn take_part_of_lease(&self, tenant: &TenantId, events: u64, bytes: u64) -> ((u64, u64), (u64, u64)) {
+        let Ok(mut leases) = self.leases.lock() else { return ((0, 0), (0, 0)) };
+        match leases.get_mut(tenant) {
+            Some(l) if l.until > Instant::now() => {
+                let used = (events.min(l.events), bytes.min(l.bytes));
+                l.events -= used.0;
+                l.bytes -= used.1;
+                (used, (l.events, l.bytes))
+            }
+            _ => {
+                leases.remove(tenant);
+                ((0, 0), (0, 0))
+            }
+        }
+    }
+
+    /// Adds to the tenant's lease (a new one if it had none current) and gives it another [`LEASE`]. Callers never
+    /// bring it above one lease's worth, so a lease renewed again and again does not grow.
+    fn add_to_lease(&self, tenant: &TenantId, events: u64, bytes: u64) {
         let Ok(mut leases) = self.leases.lock() else { return };
         let now = Instant::now();
         let until = now + LEASE;
         match leases.get_mut(tenant) {
             Some(l) if l.until > now => *l = Lease { events: l.events + events, bytes: l.bytes + bytes, until },
-            _ if events == 0 => {
-                leases.remove(tenant);
-            }
             _ => {
                 leases.insert(tenant.clone(), Lease { events, bytes, until });
             }
@@ -151,6 +167,14 @@ impl Quotas {
     /// Takes `events` and `bytes` from the tenant's buckets. A request larger than a whole burst can never pass, so
     /// it is limited with the time one burst takes to refill; `Allowed` when Redis is unreachable.
     pub async fn take(&self, tenant: &TenantId, quota: Option<&Quota>, events: u64, bytes: u64) -> QuotaDecision {
+        let q = quota.unwrap_or(&self.defaults);
+        let ahead = |rate: u64| rate.saturating_mul(LEASE.as_millis() as u64) / 1000;
+        let (ahead_e, ahead_b) = (ahead(q.events_per_second), ahead(q.bytes_per_second));
+        // Only requests small beside a lease use leases; a large one asks for exactly what it needs, so that it
+        // neither waits behind others nor leaves one half of a lease that the other half can no longer serve.
+        if events.saturating_mul(2) > ahead_e || bytes.saturating_mul(2) > ahead_b {
+            return self.call(tenant, q, (events, bytes), (events, bytes), (events, bytes)).await.0;
+        }
         if self.take_from_lease(tenant, events, bytes) {
             return QuotaDecision::Allowed;
         }
@@ -162,10 +186,36 @@ impl Quotas {
         if self.take_from_lease(tenant, events, bytes) {
             return QuotaDecision::Allowed;
         }
-        let q = quota.unwrap_or(&self.defaults);
+        // What the lease still has goes to this request; the call takes the rest, and tops the lease up to one
+        // lease's worth.
+        let (used, left) = self.take_part_of_lease(tenant, events, bytes);
+        let cost = (events - used.0, bytes - used.1);
+        let want = (cost.0 + ahead_e.saturating_sub(left.0), cost.1 + ahead_b.saturating_sub(left.1));
+        let (decision, taken) = self.call(tenant, q, (events, bytes), cost, want).await;
+        match (&decision, taken) {
+            (QuotaDecision::Allowed, Some(taken)) => {
+                self.add_to_lease(tenant, taken.0.saturating_sub(cost.0), taken.1.saturating_sub(cost.1))
+            }
+            // Refused: what this request took from the lease goes back.
+            (QuotaDecision::Limited { .. }, _) => self.add_to_lease(tenant, used.0, used.1),
+            _ => {}
+        }
+        decision
+    }
+
+    /// One call to the buckets: takes `cost` (up to `want`) if both buckets hold the cost. `request` is the whole
+    /// request, for telling an impossible request from one that came too soon. Returns what was taken.
+    async fn call(
+        &self,
+        tenant: &TenantId,
+        q: &Quota,
+        request: (u64, u64),
+        cost: (u64, u64),
+        want: (u64, u64),
+    ) -> (QuotaDecision, Option<(u64, u64)>) {
+        let (events, bytes) = request;
         let e_burst = q.events_per_second.saturating_mul(q.burst_seconds);
         let b_burst = q.bytes_per_second.saturating_mul(q.burst_seconds);
-        let ahead = |rate: u64| rate.saturating_mul(LEASE.as_millis() as u64) / 1000;
         // A bucket left alone for a whole burst is full again; only then may its key expire.
         let ttl_ms = q.burst_seconds.saturating_mul(2000).max(60_000);
         let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
@@ -175,44 +225,35 @@ impl Quotas {
             .arg(now_ms)
             .arg(q.events_per_second)
             .arg(e_burst)
-            .arg(events)
+            .arg(cost.0)
             .arg(q.bytes_per_second)
             .arg(b_burst)
-            .arg(bytes)
+            .arg(cost.1)
             .arg(ttl_ms)
-            .arg(events.max(ahead(q.events_per_second)))
-            .arg(bytes.max(ahead(q.bytes_per_second)));
+            .arg(want.0.max(cost.0))
+            .arg(want.1.max(cost.1));
         let res: Result<(i64, i64, i64, i64), _> = self.redis.query(&inv).await;
-        if let Ok((1, _, e_taken, b_taken)) = res {
-            self.keep_lease(
-                tenant,
-                (e_taken.max(0) as u64).saturating_sub(events),
-                (b_taken.max(0) as u64).saturating_sub(bytes),
-            );
-        }
-        let res = res.map(|(ok, wait_ms, _, _)| (ok, wait_ms));
-        match res {
-            Ok((1, _)) => QuotaDecision::Allowed,
-            Ok((_, wait_ms)) if events as f64 <= e_burst as f64 && bytes as f64 <= b_burst as f64 => {
+        let decision = match res {
+            Ok((1, _, e_taken, b_taken)) => {
+                return (QuotaDecision::Allowed, Some((e_taken.max(0) as u64, b_taken.max(0) as u64)));
+            }
+            Ok((_, wait_ms, _, _)) if events <= e_burst && bytes <= b_burst => {
                 let retry_after = Duration::from_millis(wait_ms.max(1) as u64);
                 if let Ok(mut m) = self.limited_until.lock() {
                     m.insert(tenant.clone(), Instant::now() + retry_after);
                 }
                 QuotaDecision::Limited { retry_after, reason: "quota_exceeded" }
             }
-            Ok((_, wait_ms)) => {
-                let reason = if events as f64 > e_burst as f64 || bytes as f64 > b_burst as f64 {
-                    "quota_request_too_large"
-                } else {
-                    "quota_exceeded"
-                };
-                QuotaDecision::Limited { retry_after: Duration::from_millis(wait_ms.max(1) as u64), reason }
-            }
+            Ok((_, wait_ms, _, _)) => QuotaDecision::Limited {
+                retry_after: Duration::from_millis(wait_ms.max(1) as u64),
+                reason: "quota_request_too_large",
+            },
             Err(e) => {
                 tracing::warn!(error = %e, "quota store unavailable; quota not enforced");
                 metrics::counter!(m::QUOTA_UNAVAILABLE_TOTAL).increment(1);
                 QuotaDecision::Allowed
             }
-        }
+        };
+        (decision, None)
     }
 }
