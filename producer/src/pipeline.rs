@@ -352,13 +352,14 @@ impl Pipeline {
         let same_as: Vec<Option<(usize, TenantId)>> =
             stages.iter().map(|s| if let Stage::SameAs(j, t) = s { Some((*j, t.clone())) } else { None }).collect();
         // Quota refusals and earlier answers are settled here; the rest are committed together.
-        let mut results: Vec<Option<Result<Outcome, IngestError>>> = Vec::with_capacity(stages.len());
+        // (A committed event's place holds `InFlight` until its answer is known.)
+        let mut results: Vec<Result<Outcome, IngestError>> = Vec::with_capacity(stages.len());
         let mut to_commit: Vec<(usize, Box<Prepared>, Option<ClaimGuard>)> = Vec::new();
         let mut to_release: Vec<ClaimGuard> = Vec::new();
         for (idx, (stage, guard)) in stages.into_iter().zip(guards).enumerate() {
             results.push(match stage {
-                Stage::Done(r) => Some(r),
-                Stage::SameAs(..) => Some(Err(IngestError::InFlight)),
+                Stage::Done(r) => r,
+                Stage::SameAs(..) => Err(IngestError::InFlight),
                 Stage::Ready(p) => match limited.get(&p.event.tenant_id) {
                     Some((retry_after, reason)) => {
                         to_release.extend(guard);
@@ -368,11 +369,11 @@ impl Pipeline {
                             reason,
                         };
                         self.count_rejection(Some(p.event.tenant_id.clone()), &e, None);
-                        Some(Err(e))
+                        Err(e)
                     }
                     None => {
                         to_commit.push((idx, p, guard));
-                        None
+                        Err(IngestError::InFlight)
                     }
                 },
             });
@@ -394,7 +395,7 @@ impl Pipeline {
                     _ => settle.push((g, None)),
                 }
             }
-            results[idx] = Some(r);
+            results[idx] = r;
         }
         if !settle.is_empty() {
             futures::future::join_all(settle.into_iter().map(|(g, a)| async move {
@@ -405,9 +406,6 @@ impl Pipeline {
             }))
             .await;
         }
-        let results: Vec<Result<Outcome, IngestError>> =
-            results.into_iter().map(|r| r.unwrap_or(Err(IngestError::InFlight))).collect();
-        let mut results = results;
         for (idx, same) in same_as.into_iter().enumerate() {
             if let Some((j, tenant)) = same {
                 results[idx] = match &results[j] {

@@ -203,7 +203,7 @@ impl Quotas {
         decision
     }
 
-    /// One call to the buckets: takes `cost` (up to `want`) if both buckets hold the cost. `request` is the whole
+    /// One call to the buckets: takes `cost` (up to `want`, which is at least `cost`) if both buckets hold the cost. `request` is the whole
     /// request, for telling an impossible request from one that came too soon. Returns what was taken.
     async fn call(
         &self,
@@ -230,8 +230,8 @@ impl Quotas {
             .arg(b_burst)
             .arg(cost.1)
             .arg(ttl_ms)
-            .arg(want.0.max(cost.0))
-            .arg(want.1.max(cost.1));
+            .arg(want.0)
+            .arg(want.1);
         let res: Result<(i64, i64, i64, i64), _> = self.redis.query(&inv).await;
         let decision = match res {
             Ok((1, _, e_taken, b_taken)) => {

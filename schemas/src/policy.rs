@@ -53,7 +53,7 @@ pub enum Severity {
     Critical,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Operator {
     Eq,
@@ -398,6 +398,11 @@ impl Path {
         segments.iter().all(|p| !p.is_empty()).then_some(Self { segments })
     }
 
+    /// The path as one string, for telling paths apart in maps (segments never contain `.`).
+    fn key(&self) -> String {
+        self.segments.join(".")
+    }
+
     /// The value at this path in an event's JSON form; arrays are indexed by number.
     pub fn get<'a>(&self, event: &'a Value) -> Option<&'a Value> {
         let mut cur = event;
@@ -622,15 +627,19 @@ fn cost(c: &Compiled) -> u32 {
     match c {
         Compiled::Group { children, .. } => children.iter().map(cost).sum::<u32>() + 1,
         Compiled::Rule { op, path, case_sensitive, operand, .. } => {
-            let base = match op {
-                Operator::Exists => 1,
-                Operator::Eq | Operator::Ne | Operator::Gt | Operator::Lt | Operator::Gte | Operator::Lte => 2,
-                Operator::In | Operator::NotIn => 3 + matches!(operand, Operand::List(l) if l.len() > 8) as u32 * 3,
-                Operator::Contains => 4 + u32::from(!case_sensitive) * 4,
-                Operator::Regex => 12,
-            };
-            base + path.segments.len() as u32
+            rule_cost(*op, operand, *case_sensitive) + path.segments.len() as u32
         }
+    }
+}
+
+/// A rough relative cost of one rule's comparison, for putting cheap rules first in a group.
+fn rule_cost(op: Operator, operand: &Operand, case_sensitive: bool) -> u32 {
+    match op {
+        Operator::Exists => 1,
+        Operator::Eq | Operator::Ne | Operator::Gt | Operator::Lt | Operator::Gte | Operator::Lte => 2,
+        Operator::In | Operator::NotIn => 3 + matches!(operand, Operand::List(l) if l.len() > 8) as u32 * 3,
+        Operator::Contains => 4 + u32::from(!case_sensitive) * 4,
+        Operator::Regex => 12,
     }
 }
 
@@ -655,7 +664,7 @@ fn trace(c: &Compiled, e: &Value, out: &mut Vec<RuleTrace>) -> bool {
         }
         Compiled::Rule { path, op, operand, case_sensitive, at } => {
             let matched = rule(path.get(e), *op, operand, *case_sensitive);
-            out.push(RuleTrace { path: at.clone(), field: path.segments.join("."), operator: *op, matched });
+            out.push(RuleTrace { path: at.clone(), field: path.key(), operator: *op, matched });
             matched
         }
     }
@@ -826,7 +835,7 @@ impl Interner {
                 self.intern(key, || SharedNode::Group { all: *all, children: ids.clone() })
             }
             Compiled::Rule { path, op, operand, case_sensitive, .. } => {
-                let name = path.segments.join("\u{1f}");
+                let name = path.key();
                 let next_path = self.paths.len();
                 let path_id = *self.path_ids.entry(name.clone()).or_insert(next_path);
                 if path_id == next_path {

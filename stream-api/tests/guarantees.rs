@@ -129,14 +129,21 @@ async fn quota_limits_a_tenant() {
     assert_eq!(app.get(&path, &key).await.body["quota"]["eventsPerSecond"], 1);
 }
 
+/// Two instances on one config topic and a tenant whose quota (events/s, burst seconds; 1 MB/s) the first one set.
+async fn two_instances_with_quota(events_per_second: u64, burst_seconds: u64) -> (TestApp, TestApp, String, String) {
+    let first = TestApp::start().await;
+    let (tenant, key) = first.tenant().await;
+    let quota = json!({"quota": {"eventsPerSecond": events_per_second, "bytesPerSecond": 1_000_000,
+        "burstSeconds": burst_seconds}});
+    assert_eq!(first.put(&format!("/stream-config/{tenant}"), ADMIN, &quota, None).await.status, StatusCode::OK);
+    let second = TestApp::start_with(Opts { config_topic: first.config_topic.clone(), ..Opts::default() }).await;
+    (first, second, tenant, key)
+}
+
 /// Two instances draw from the same bucket.
 #[tokio::test]
 async fn quota_is_shared_by_instances() {
-    let first = TestApp::start().await;
-    let (tenant, key) = first.tenant().await;
-    let quota = json!({"quota": {"eventsPerSecond": 1, "bytesPerSecond": 1_000_000, "burstSeconds": 4}});
-    assert_eq!(first.put(&format!("/stream-config/{tenant}"), ADMIN, &quota, None).await.status, StatusCode::OK);
-    let second = TestApp::start_with(Opts { config_topic: first.config_topic.clone(), ..Opts::default() }).await;
+    let (first, second, tenant, key) = two_instances_with_quota(1, 4).await;
     let mut statuses = Vec::new();
     for i in 0..6 {
         let app = if i % 2 == 0 { &first } else { &second };
@@ -182,11 +189,7 @@ async fn quota_is_taken_ahead_in_leases() {
 /// and sending 120 events between them admit at most what the bucket held plus what it refilled meanwhile.
 #[tokio::test]
 async fn leases_never_admit_more_than_the_quota() {
-    let first = TestApp::start().await;
-    let (tenant, key) = first.tenant().await;
-    let quota = json!({"quota": {"eventsPerSecond": 50, "bytesPerSecond": 1_000_000, "burstSeconds": 1}});
-    assert_eq!(first.put(&format!("/stream-config/{tenant}"), ADMIN, &quota, None).await.status, StatusCode::OK);
-    let second = TestApp::start_with(Opts { config_topic: first.config_topic.clone(), ..Opts::default() }).await;
+    let (first, second, tenant, key) = two_instances_with_quota(50, 1).await;
     let started = std::time::Instant::now();
     let mut accepted = 0;
     for i in 0..120 {

@@ -22,7 +22,7 @@
 //! usually cold in the cache when its next event comes, and the rule trees behind pointers that this replaces
 //! cost a cache miss per node.
 
-use super::{fold, rule, text_contains, Operand, Operator, Path, SharedNode};
+use super::{fold, rule, rule_cost, text_contains, Operand, Operator, Path, SharedNode};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 
@@ -142,7 +142,7 @@ fn number_key(x: f64) -> u64 {
 /// How a rule can be batched, and with which others (same path, same class).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Class {
-    Threshold(u8),
+    Threshold(Operator),
     Equality {
         negated: bool,
     },
@@ -157,10 +157,7 @@ enum Class {
 fn class(op: Operator, operand: &Operand, case_sensitive: bool) -> Option<Class> {
     let scalar = |o: &Operand| matches!(o, Operand::Number(_) | Operand::Text(_));
     match (op, operand) {
-        (Operator::Gt, Operand::Number(_)) => Some(Class::Threshold(0)),
-        (Operator::Gte, Operand::Number(_)) => Some(Class::Threshold(1)),
-        (Operator::Lt, Operand::Number(_)) => Some(Class::Threshold(2)),
-        (Operator::Lte, Operand::Number(_)) => Some(Class::Threshold(3)),
+        (Operator::Gt | Operator::Gte | Operator::Lt | Operator::Lte, Operand::Number(_)) => Some(Class::Threshold(op)),
         (Operator::Eq, o) if scalar(o) => Some(Class::Equality { negated: false }),
         (Operator::Ne, o) if scalar(o) => Some(Class::Equality { negated: true }),
         (Operator::In, Operand::List(l)) if l.iter().all(scalar) => Some(Class::Equality { negated: false }),
@@ -178,11 +175,6 @@ fn scalars(operand: &Operand) -> &[Operand] {
         Operand::List(l) => l,
         o => std::slice::from_ref(o),
     }
-}
-
-/// The segments of a path joined, as a map key.
-fn name(segments: &[String]) -> String {
-    segments.join("\u{1f}")
 }
 
 impl Plan {
@@ -214,8 +206,9 @@ impl Plan {
                 if let Some(c) = class(*op, operand, *case_sensitive) {
                     let segments = &paths[*path].segments;
                     let on = if c == Class::Exists { &segments[..segments.len() - 1] } else { &segments[..] };
-                    let key = name(on);
-                    batch_paths.entry(key.clone()).or_insert_with(|| Path { segments: on.to_vec() });
+                    let on = Path { segments: on.to_vec() };
+                    let key = on.key();
+                    batch_paths.entry(key.clone()).or_insert(on);
                     classes.entry((key, c)).or_default().push(id);
                 }
             }
@@ -225,7 +218,7 @@ impl Plan {
         let mut plan = Plan::default();
         let mut path_ids: HashMap<String, u32> = HashMap::new();
         let mut path_id = |plan: &mut Plan, path: &Path| -> u32 {
-            *path_ids.entry(name(&path.segments)).or_insert_with(|| {
+            *path_ids.entry(path.key()).or_insert_with(|| {
                 plan.paths.push(path.clone());
                 (plan.paths.len() - 1) as u32
             })
@@ -261,7 +254,7 @@ impl Plan {
                             Single { path, op: *op, operand: operand.clone(), case_sensitive: *case_sensitive };
                         plan.slots.push(Slot::Single(plan.rules.len() as u32));
                         plan.rules.push(single);
-                        single_cost(*op, operand, *case_sensitive)
+                        1 + rule_cost(*op, operand, *case_sensitive)
                     } else {
                         1
                     }
@@ -302,8 +295,7 @@ impl Plan {
             SharedNode::Group { .. } => None,
         };
         Some(match class {
-            Class::Threshold(_) => {
-                let op = rule(members[0])?.1;
+            Class::Threshold(op) => {
                 let thresholds = members
                     .iter()
                     .map(|id| match rule(*id) {
@@ -500,17 +492,6 @@ impl Plan {
                 }
             }
         }
-    }
-}
-
-/// A rough relative cost of deciding a rule on its own, for ordering a group's children (a batched rule is 1).
-fn single_cost(op: Operator, operand: &Operand, case_sensitive: bool) -> u32 {
-    match op {
-        Operator::Exists => 2,
-        Operator::Eq | Operator::Ne | Operator::Gt | Operator::Lt | Operator::Gte | Operator::Lte => 3,
-        Operator::In | Operator::NotIn => 4 + matches!(operand, Operand::List(l) if l.len() > 8) as u32 * 3,
-        Operator::Contains => 5 + u32::from(!case_sensitive) * 4,
-        Operator::Regex => 13,
     }
 }
 
