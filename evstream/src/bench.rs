@@ -227,27 +227,26 @@ pub(crate) fn peak_rss_mb(pid: u32) -> Option<f64> {
 }
 
 async fn raw_producer(a: &BenchArgs, p: &FutureProducer, topic: &str, tenant: &str) -> anyhow::Result<Figures> {
-    // The same bytes the server would write: the enriched envelope.
-    let payloads: Vec<Vec<u8>> = (0..a.events)
+    // The same records the server would write: the enriched envelope and its CloudEvents headers.
+    let catalog = schemas::Catalog::new();
+    let now = time::OffsetDateTime::now_utc();
+    let records: Vec<(Vec<u8>, rdkafka::message::OwnedHeaders)> = (0..a.events)
         .map(|i| {
-            let mut e = event(tenant, i);
-            e["id"] = json!(uuid::Uuid::now_v7().to_string());
-            e["receivedAt"] = json!("2026-01-01T00:00:00Z");
-            e["occurredAt"] = json!("2026-01-01T00:00:00Z");
-            e["schemaVersion"] = json!("1.0");
-            e["correlationId"] = e["id"].clone();
-            serde_json::to_vec(&e).unwrap_or_default()
+            let draft = schemas::event::parse_event(&event(tenant, i), &catalog)
+                .map_err(|e| anyhow::anyhow!("bench event invalid: {e:?}"))?;
+            let e = producer::enrich::enrich(draft, now, None);
+            Ok((serde_json::to_vec(&e)?, producer::route::headers(&e)))
         })
-        .collect();
+        .collect::<anyhow::Result<_>>()?;
     let started = Instant::now();
     let mut inflight = FuturesUnordered::new();
     let mut latencies = Vec::with_capacity(a.events);
-    for pl in &payloads {
+    for (pl, headers) in &records {
         let p = p.clone();
         inflight.push(async move {
             let t = Instant::now();
-            let r =
-                p.send(FutureRecord::to(topic).key(tenant).payload(pl), Timeout::After(Duration::from_secs(5))).await;
+            let record = FutureRecord::to(topic).key(tenant).payload(pl).headers(headers.clone());
+            let r = p.send(record, Timeout::After(Duration::from_secs(5))).await;
             (r.is_ok(), t.elapsed())
         });
         // The same number of events in flight as the bulk scenario keeps open, so (b)/(a) compares like with like.

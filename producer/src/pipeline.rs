@@ -19,7 +19,7 @@ use crate::tenant_stats::TenantStats;
 use crate::topics::{TopicSpec, Topics};
 use schemas::catalog::source_label;
 use schemas::config::{DestinationKind, FilterOutcome};
-use schemas::event::{parse_owned, peek_tenant};
+use schemas::event::{parse_owned, parse_text, peek_tenant, EventDraft};
 use schemas::{Catalog, Event, EventId, EventType, FieldError, SourceName, StreamConfig, TenantId};
 use serde::Serialize;
 use serde_json::Value;
@@ -136,6 +136,21 @@ impl IngestError {
     }
 }
 
+/// An event document as the pipeline receives it.
+pub enum Document<'a> {
+    /// Parsed into a `Value`: checked field by field in the pipeline.
+    Value(Value),
+    /// Found valid straight from its JSON text by [`Pipeline::document`], without a `Value` tree. The text is
+    /// kept for the dead-letter record in case the tenant refuses the event.
+    Valid { draft: Box<EventDraft>, text: &'a str },
+}
+
+impl From<Value> for Document<'_> {
+    fn from(v: Value) -> Self {
+        Self::Value(v)
+    }
+}
+
 /// An event that passed validation, authorisation and the tenant's filters, ready to be written.
 pub struct Prepared {
     event: Event,
@@ -230,12 +245,16 @@ impl Pipeline {
 
     /// One event: the whole pipeline.
     pub async fn ingest(&self, v: Value, ctx: &RequestContext<'_>) -> Result<Outcome, IngestError> {
-        let mut out = self.ingest_many(vec![v], ctx).await;
+        let mut out = self.ingest_many(vec![Document::Value(v)], ctx).await;
         out.pop().unwrap_or(Err(IngestError::InFlight))
     }
 
     /// Many events (a bulk request): results in input order. Quotas are taken once per tenant for the request.
-    pub async fn ingest_many(&self, values: Vec<Value>, ctx: &RequestContext<'_>) -> Vec<Result<Outcome, IngestError>> {
+    pub async fn ingest_many<'d, D: Into<Document<'d>>>(
+        &self,
+        values: Vec<D>,
+        ctx: &RequestContext<'_>,
+    ) -> Vec<Result<Outcome, IngestError>> {
         // A tenant key whose tenant is known to be over quota is refused before any parsing: a flood is cheap.
         if let Scope::Tenant(t) = ctx.scope {
             if let Some(retry_after) = self.inner.quotas.locally_limited(t) {
@@ -253,7 +272,7 @@ impl Pipeline {
         // Every rejection is counted where it happens, against the tenant known at that point.
         let mut stages: Vec<Stage> = values
             .into_iter()
-            .map(|v| match self.prepare(v, ctx, single) {
+            .map(|v| match self.prepare(v.into(), ctx, single) {
                 Ok(p) => Stage::Ready(Box::new(p)),
                 Err(rejected) => {
                     let (e, original) = *rejected;
@@ -430,35 +449,78 @@ impl Pipeline {
     }
 
     /// validate -> authorise -> tenant config -> enrich -> filter -> serialise. Filtered events end here.
-    fn prepare(&self, v: Value, ctx: &RequestContext<'_>, single: bool) -> Result<Prepared, Box<(IngestError, Value)>> {
+    fn prepare(
+        &self,
+        doc: Document<'_>,
+        ctx: &RequestContext<'_>,
+        single: bool,
+    ) -> Result<Prepared, Box<(IngestError, Value)>> {
         let i = &self.inner;
+        let v = match doc {
+            Document::Value(v) => v,
+            Document::Valid { draft, text } => {
+                return match self.admit(draft.tenant_id.clone(), Some(&draft.source), ctx) {
+                    Ok(cfg) => Ok(self.finish(*draft, cfg, ctx, single)),
+                    // The text parsed once already; `Null` only keeps the types total.
+                    Err(e) => Err(Box::new((e, serde_json::from_str(text).unwrap_or(Value::Null)))),
+                };
+            }
+        };
         // Tenant-level checks first, on the document as sent: who may write, whether the tenant exists and is
         // enabled, whether it may use this source. Field-level problems are reported by the parser below.
         let cfg = match peek_tenant(&v) {
             Some(t) => {
-                if let Scope::Tenant(own) = ctx.scope {
-                    if *own != t {
-                        return Err(Box::new((IngestError::Forbidden { tenant: t }, v)));
-                    }
+                let src = v.get("source").and_then(Value::as_str).and_then(|s| SourceName::new(s).ok());
+                match self.admit(t, src.as_ref(), ctx) {
+                    Ok(cfg) => Some(cfg),
+                    Err(e) => return Err(Box::new((e, v))),
                 }
-                let Some(cfg) = i.configs.config(&t) else {
-                    return Err(Box::new((IngestError::UnknownTenant { tenant: t }, v)));
-                };
-                if !cfg.enabled {
-                    return Err(Box::new((IngestError::TenantDisabled { tenant: t }, v)));
-                }
-                if let Some(src) = v.get("source").and_then(Value::as_str).and_then(|s| SourceName::new(s).ok()) {
-                    if !cfg.source_allowed(&src) {
-                        return Err(Box::new((IngestError::SourceNotAllowed { source_name: src.to_string() }, v)));
-                    }
-                }
-                Some(cfg)
             }
             None => None,
         };
         let draft = parse_owned(v, &i.catalog).map_err(|(errors, v)| Box::new((IngestError::Invalid { errors }, v)))?;
         // A valid draft always has a valid tenant, so `cfg` is known here; the fallback is unreachable.
-        let cfg = cfg.unwrap_or_default();
+        Ok(self.finish(draft, cfg.unwrap_or_default(), ctx, single))
+    }
+
+    /// One event's JSON text as a document: a valid event is checked straight from the text, anything else is
+    /// parsed into a `Value` for the field-by-field check. `Err` when the text is not JSON the parser takes.
+    pub fn document<'a>(&self, text: &'a str) -> Result<Document<'a>, serde_json::Error> {
+        match parse_text(text, &self.inner.catalog) {
+            Some(draft) => Ok(Document::Valid { draft: Box::new(draft), text }),
+            None => serde_json::from_str(text).map(Document::Value),
+        }
+    }
+
+    /// May this request write for `tenant`, is the tenant registered and enabled, and may it use `source`?
+    fn admit(
+        &self,
+        tenant: TenantId,
+        source: Option<&SourceName>,
+        ctx: &RequestContext<'_>,
+    ) -> Result<Arc<StreamConfig>, IngestError> {
+        if let Scope::Tenant(own) = ctx.scope {
+            if *own != tenant {
+                return Err(IngestError::Forbidden { tenant });
+            }
+        }
+        let Some(cfg) = self.inner.configs.config(&tenant) else {
+            return Err(IngestError::UnknownTenant { tenant });
+        };
+        if !cfg.enabled {
+            return Err(IngestError::TenantDisabled { tenant });
+        }
+        match source {
+            Some(src) if !cfg.source_allowed(src) => {
+                Err(IngestError::SourceNotAllowed { source_name: src.to_string() })
+            }
+            _ => Ok(cfg),
+        }
+    }
+
+    /// enrich -> filter -> serialise, for a valid draft of an admitted tenant.
+    fn finish(&self, draft: EventDraft, cfg: Arc<StreamConfig>, ctx: &RequestContext<'_>, single: bool) -> Prepared {
+        let i = &self.inner;
         // Event ids and Idempotency-Keys live in separate namespaces.
         let client_id = draft.id.as_ref().map(|id| format!("id:{id}"));
         let event = enrich(draft, ctx.received_at, ctx.correlation);
@@ -467,13 +529,13 @@ impl Pipeline {
             i.stats.filtered(&event.tenant_id, reason);
             metrics::counter!(m::EVENTS_FILTERED_TOTAL, "tenant" => event.tenant_id.to_string(), "reason" => reason)
                 .increment(1);
-            return Ok(Prepared { event, cfg, json: Arc::from(&[][..]), dedup_key: None, filtered: Some(reason) });
+            return Prepared { event, cfg, json: Arc::from(&[][..]), dedup_key: None, filtered: Some(reason) };
         }
         // Serialising an `Event` cannot fail: every field is a string, number, map or timestamp.
         let json: Arc<[u8]> = serde_json::to_vec(&event).unwrap_or_default().into();
         let dedup_key =
             client_id.or_else(|| if single { ctx.idempotency_key.map(|k| format!("hdr:{k}")) } else { None });
-        Ok(Prepared { event, cfg, json, dedup_key, filtered: None })
+        Prepared { event, cfg, json, dedup_key, filtered: None }
     }
 
     /// Kafka (every route of every event queued first, then every acknowledgement awaited) -> Redis (queued).

@@ -96,6 +96,81 @@ pub fn parse_owned(v: Value, catalog: &Catalog) -> Result<EventDraft, (Vec<Field
     }
 }
 
+/// The envelope as it arrives, borrowed from the request text. Only a document that is a valid event in every
+/// respect gets through [`parse_text`]; anything else (an unknown or repeated field, a wrong type, a string with
+/// escapes in an envelope field) is left to [`parse_owned`], which reports every problem.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Wire<'a> {
+    #[serde(default)]
+    id: Option<&'a str>,
+    tenant_id: &'a str,
+    event_type: &'a str,
+    source: &'a str,
+    #[serde(default)]
+    action: Option<&'a str>,
+    #[serde(default)]
+    entity_id: Option<&'a str>,
+    #[serde(default)]
+    entity_type: Option<&'a str>,
+    #[serde(default)]
+    data: Option<Map<String, Value>>,
+    #[serde(default)]
+    metadata: Option<Map<String, Value>>,
+    #[serde(default)]
+    occurred_at: Option<&'a str>,
+    #[serde(default)]
+    correlation_id: Option<&'a str>,
+    // Set by evstream, accepted and overwritten (see `KNOWN_FIELDS`).
+    #[serde(default, rename = "receivedAt")]
+    _received_at: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "schemaVersion")]
+    _schema_version: Option<serde::de::IgnoredAny>,
+}
+
+/// The fast path of [`parse_owned`] for JSON text: a valid event becomes a draft without a `Value` tree for its
+/// envelope. `None` means "not known to be valid": the caller parses the text into a `Value` and calls
+/// [`parse_owned`], which gives the same draft for every document this accepts and reports what is wrong with the
+/// rest.
+pub fn parse_text(text: &str, catalog: &Catalog) -> Option<EventDraft> {
+    let w: Wire<'_> = serde_json::from_str(text).ok()?;
+    let id = match w.id {
+        Some(s) => Some(EventId::new(s).ok()?),
+        None => None,
+    };
+    let event_type = EventType::parse(w.event_type)?;
+    let short = |s: Option<&str>| match s {
+        Some(s) if s.len() > MAX_SHORT_STRING || s.chars().any(char::is_control) => Err(()),
+        s => Ok(s.map(str::to_string)),
+    };
+    let correlation_id = match w.correlation_id {
+        Some(s) => Some(EventId::new(s).ok()?.as_str().to_string()),
+        None => None,
+    };
+    let occurred_at = match w.occurred_at {
+        Some(s) => Some(OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?),
+        None => None,
+    };
+    let data = Value::Object(w.data.unwrap_or_default());
+    catalog.validate_data(event_type, &data).ok()?;
+    Some(EventDraft {
+        id,
+        tenant_id: TenantId::new(w.tenant_id).ok()?,
+        event_type,
+        source: SourceName::new(w.source).ok()?,
+        action: short(w.action).ok()?,
+        entity_id: short(w.entity_id).ok()?,
+        entity_type: short(w.entity_type).ok()?,
+        data: match data {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        },
+        metadata: w.metadata.unwrap_or_default(),
+        occurred_at,
+        correlation_id,
+    })
+}
+
 fn take_object(v: Option<Value>) -> Map<String, Value> {
     match v {
         Some(Value::Object(m)) => m,
@@ -359,9 +434,77 @@ mod tests {
         assert_eq!(errs[0].code, "schema_violation");
     }
 
+    #[test]
+    fn text_fast_path_takes_plain_events() {
+        let text = r#"{"tenantId":"t1","eventType":"RISK_CREATED","source":"FRONTEND_APP","action":"CREATE",
+            "entityId":"r-1","data":{"title":"x","riskScore":5},"metadata":{"region":"eu"},"id":null,
+            "occurredAt":"2026-01-31T12:00:00+02:00","receivedAt":5}"#;
+        let fast = parse_text(text, &cat()).expect("a valid plain event takes the fast path");
+        assert_eq!(Ok(fast), parse_event(&serde_json::from_str(text).unwrap(), &cat()));
+        // Left to the full parser: an escape in an envelope field, a repeated field, a schema violation.
+        for text in [
+            r#"{"tenantId":"t\u0031","eventType":"USER_ACTION","source":"AWS"}"#,
+            r#"{"tenantId":"t1","tenantId":"t2","eventType":"USER_ACTION","source":"AWS"}"#,
+            r#"{"tenantId":"t1","eventType":"RISK_CREATED","source":"AWS","data":{"riskScore":"x"}}"#,
+        ] {
+            assert_eq!(parse_text(text, &cat()), None, "{text}");
+        }
+    }
+
     static CATALOG: std::sync::LazyLock<Catalog> = std::sync::LazyLock::new(Catalog::new);
 
+    /// Field values that are valid, invalid, null, of the wrong type, or escaped.
+    fn field_value(name: &'static str) -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let valid: &'static [&'static str] = match name {
+            "tenantId" => &[r#""t1""#, r#""acme-corp""#],
+            "eventType" => &[r#""RISK_CREATED""#, r#""USER_ACTION""#, r#""AUDIT_EVENT""#],
+            "source" => &[r#""AWS""#, r#""FRONTEND_APP""#],
+            "occurredAt" => &[r#""2026-01-31T12:00:00Z""#, r#""2026-01-31T12:00:00.5+01:00""#],
+            "data" => &[r#"{"title":"x","riskScore":5}"#, r#"{"riskScore":"high"}"#, "{}"],
+            "metadata" => &[r#"{"region":"eu"}"#, "{}"],
+            _ => &[r#""abc""#, r#""a b""#],
+        };
+        prop_oneof![
+            30 => proptest::sample::select(valid).prop_map(str::to_string),
+            1 => Just("null".to_string()),
+            1 => Just("7".to_string()),
+            1 => Just(r#""\u0041x""#.to_string()),
+            1 => Just("[1]".to_string()),
+            1 => Just(format!("\"{}\"", "x".repeat(300))),
+            1 => Just(r#""tab\there""#.to_string()),
+        ]
+    }
+
+    fn document() -> impl proptest::strategy::Strategy<Value = (String, bool)> {
+        use proptest::prelude::*;
+        // The required fields are there more often than not, so that many documents are valid.
+        let required = ["tenantId", "eventType", "source"];
+        let optional: Vec<&'static str> = KNOWN_FIELDS.iter().copied().filter(|n| !required.contains(n)).collect();
+        let flags = (proptest::bool::weighted(0.1), proptest::bool::weighted(0.1));
+        (proptest::sample::subsequence(optional.clone(), 0..=optional.len()), flags)
+            .prop_map(move |(mut names, (drop_one, extra))| {
+                names.extend(required.iter().skip(usize::from(drop_one)));
+                names.extend(extra.then_some("extra"));
+                names
+            })
+            .prop_flat_map(|names| {
+                let values: Vec<_> = names.iter().map(|n| field_value(n)).collect();
+                (Just(names), values, proptest::bool::weighted(0.05))
+            })
+            .prop_map(|(names, values, repeat)| -> (String, bool) {
+                let mut fields: Vec<String> = names.iter().zip(&values).map(|(n, v)| format!("\"{n}\":{v}")).collect();
+                let repeated = repeat && !fields.is_empty();
+                if let (true, Some(f)) = (repeated, fields.first().cloned()) {
+                    fields.push(f);
+                }
+                (format!("{{{}}}", fields.join(",")), repeated)
+            })
+    }
+
     proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(1024))]
+
         /// Arbitrary JSON never panics the parser, and anything it accepts has a valid tenant.
         #[test]
         fn parser_total(s in "\\PC{0,200}") {
@@ -369,6 +512,17 @@ mod tests {
                 if let Ok(d) = parse_event(&v, &CATALOG) {
                     proptest::prop_assert!(TenantId::new(d.tenant_id.as_str()).is_ok());
                 }
+            }
+        }
+
+        /// The text fast path accepts only what the full parser accepts, with the same draft, and takes every
+        /// valid event without escapes or repeated fields.
+        #[test]
+        fn text_fast_path_agrees((text, repeated) in document()) {
+            let full = parse_event(&serde_json::from_str(&text).unwrap(), &CATALOG);
+            match parse_text(&text, &CATALOG) {
+                Some(fast) => proptest::prop_assert_eq!(Ok(fast), full, "{}", text),
+                None => proptest::prop_assert!(full.is_err() || repeated || text.contains('\\'), "{}", text),
             }
         }
     }

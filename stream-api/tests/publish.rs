@@ -97,6 +97,45 @@ async fn bulk_json_reports_each_item_in_order() {
     assert_eq!(got, want);
 }
 
+/// Bulk items that are valid events but refused by the tenant rules get their own codes, and a refused item's
+/// dead letter keeps the document as sent; an item whose tenant id is written with an escape is the same tenant.
+#[tokio::test]
+async fn bulk_items_refused_by_tenant_rules_are_dead_lettered_as_sent() {
+    let app = TestApp::start().await;
+    let (tenant, key) = app.tenant().await;
+    let (other, _) = app.tenant().await;
+    let marker = testkit::unique("marker");
+    let mut not_allowed = event(&tenant);
+    not_allowed["source"] = json!("SOMETHING_ELSE");
+    not_allowed["entityId"] = json!(marker);
+    let escaped = serde_json::to_string(&event(&tenant)).expect("json").replace(
+        &format!("\"tenantId\":\"{}", &tenant[..1]),
+        &format!("\"tenantId\":\"\\u{:04x}", tenant.as_bytes()[0]),
+    );
+    assert!(escaped.contains("\\u"), "{escaped}");
+    let body = format!("{{\"events\":[{},{},{},{escaped}]}}", event(&tenant), not_allowed, event(&other));
+    let r = app.call("POST", "/events/bulk", Some(&key), Some("application/json"), body).await;
+    assert_eq!(r.status, StatusCode::MULTI_STATUS, "{:?}", r.body);
+    let codes: Vec<&str> =
+        r.body["results"].as_array().expect("results").iter().map(|x| x["code"].as_str().unwrap_or("ok")).collect();
+    assert_eq!(codes, ["ok", "source_not_allowed", "forbidden_tenant", "ok"], "{:?}", r.body);
+    assert_eq!(app.records_for(&app.events_topic, &tenant, 2, WAIT).await.len(), 2);
+
+    let dead = testkit::read_topic(&app.brokers, &app.deadletter_topic, WAIT, |rs| {
+        rs.iter().any(|r| r.json()["original"].as_str().is_some_and(|o| o.contains(&marker)))
+    })
+    .await
+    .expect("read");
+    let letter = dead
+        .iter()
+        .map(testkit::Record::json)
+        .find(|d| d["original"].as_str().is_some_and(|o| o.contains(&marker)))
+        .expect("the refused item is dead-lettered");
+    assert_eq!(letter["reason"], "source_not_allowed");
+    let original: Value = serde_json::from_str(letter["original"].as_str().expect("original")).expect("json");
+    assert_eq!(original, not_allowed);
+}
+
 /// NDJSON bulk, all good: 202 and every event in Kafka; a bulk where nothing is valid is a 422 problem document
 /// that still lists every item.
 #[tokio::test]

@@ -11,9 +11,10 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use producer::sinks::redis_stream::ReadFilter;
-use producer::{Outcome, RequestContext, Scope};
+use producer::{Document, Outcome, RequestContext, Scope};
 use schemas::{cloudevents, EventType, FieldError};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -98,6 +99,13 @@ pub async fn publish(
     Ok((status, Json(ItemResult::new(None, &answer))).into_response())
 }
 
+/// A bulk body whose events are kept as their text.
+#[derive(serde::Deserialize)]
+struct BulkText<'a> {
+    #[serde(borrow)]
+    events: Vec<&'a RawValue>,
+}
+
 /// `POST /events/bulk`: JSON `{"events": [...]}` or NDJSON. Per-item results in request order; 202 when all were
 /// accepted (or filtered), 207 when some were, and a problem document when none were.
 pub async fn bulk(
@@ -117,13 +125,18 @@ pub async fn bulk(
         }
     };
     let bytes = body::read(body, state.cfg.max_bulk_bytes, Duration::from_millis(state.cfg.body_timeout_ms)).await?;
-    let items: Vec<Result<Value, FieldError>> = if ndjson {
+    // A valid event goes from its text straight to its draft (`Pipeline::document`); only the others become a
+    // `Value` tree for the field-by-field check.
+    let pipeline = &state.pipeline;
+    let items: Vec<Result<Document<'_>, FieldError>> = if ndjson {
         bytes
             .split(|b| *b == b'\n')
             .enumerate()
             .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
             .map(|(n, l)| {
-                serde_json::from_slice(l).map_err(|e| {
+                let doc = std::str::from_utf8(l).ok().and_then(|t| pipeline.document(t).ok());
+                // Not JSON: the plain parse of the line says where.
+                doc.map_or_else(|| serde_json::from_slice(l).map(Document::Value), Ok).map_err(|e| {
                     FieldError::new(
                         format!("line {}", n + 1),
                         "malformed_json",
@@ -133,13 +146,23 @@ pub async fn bulk(
             })
             .collect()
     } else {
-        match body::json(&bytes)? {
-            Value::Object(mut o) => match o.remove("events") {
-                Some(Value::Array(a)) => a.into_iter().map(Ok).collect(),
-                Some(_) => return Err(ApiError::invalid(vec![FieldError::wrong_type("events", "an array of events")])),
-                None => return Err(ApiError::invalid(vec![FieldError::missing("events")])),
+        let plain = serde_json::from_slice::<BulkText<'_>>(&bytes)
+            .ok()
+            .and_then(|b| b.events.iter().map(|raw| pipeline.document(raw.get()).ok()).collect::<Option<Vec<_>>>());
+        match plain {
+            Some(docs) => docs.into_iter().map(Ok).collect(),
+            // Not the plain shape: the full parse says what is wrong, or takes what the plain parse refused (a
+            // repeated `events` key, whose last value counts).
+            None => match body::json(&bytes)? {
+                Value::Object(mut o) => match o.remove("events") {
+                    Some(Value::Array(a)) => a.into_iter().map(|v| Ok(Document::Value(v))).collect(),
+                    Some(_) => {
+                        return Err(ApiError::invalid(vec![FieldError::wrong_type("events", "an array of events")]))
+                    }
+                    None => return Err(ApiError::invalid(vec![FieldError::missing("events")])),
+                },
+                _ => return Err(ApiError::invalid(vec![FieldError::wrong_type("", "an object {\"events\": [...]}")])),
             },
-            _ => return Err(ApiError::invalid(vec![FieldError::wrong_type("", "an object {\"events\": [...]}")])),
         }
     };
     let limit = match auth.scope() {
