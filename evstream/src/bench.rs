@@ -41,6 +41,12 @@ pub struct BenchArgs {
     /// Port of the child server (0: a free one).
     #[arg(long, default_value_t = 0)]
     pub port: u16,
+    /// Pid of the Kafka broker: its CPU per event is printed beside the server's and this client's.
+    #[arg(long)]
+    pub broker_pid: Option<u32>,
+    /// Pid of Redis: its CPU per event is printed too.
+    #[arg(long)]
+    pub redis_pid: Option<u32>,
 }
 
 pub(crate) struct Figures {
@@ -48,6 +54,8 @@ pub(crate) struct Figures {
     events: usize,
     elapsed: Duration,
     latencies: Vec<Duration>,
+    /// CPU times when the timed part began (see [`CpuMeter`]).
+    cpu: Vec<Option<f64>>,
 }
 
 impl Figures {
@@ -87,15 +95,31 @@ async fn status_after_body(r: reqwest::Result<reqwest::Response>) -> u16 {
     }
 }
 
-fn print_server_cpu(before: Option<f64>, after: Option<f64>, f: &Figures) {
-    if let (Some(b), Some(a)) = (before, after) {
-        let cpu = a - b;
+/// CPU time of the processes a scenario runs on: the server, this client (in (a), the raw producer), and the
+/// broker and Redis when their pids are given. Per event, the figures add up to what one event costs the machine.
+struct CpuMeter {
+    procs: Vec<(&'static str, u32)>,
+}
+
+impl CpuMeter {
+    fn snapshot(&self) -> Vec<Option<f64>> {
+        self.procs.iter().map(|(_, pid)| cpu_secs(*pid)).collect()
+    }
+
+    /// Prints the CPU used since `f` began; called as soon as the scenario ends.
+    fn print(&self, f: &Figures) {
+        let (before, after) = (&f.cpu, self.snapshot());
         let wall = f.elapsed.as_secs_f64();
-        println!(
-            "    server CPU {cpu:.2} s in {wall:.2} s ({:.0}% of one core), {:.1} µs per event",
-            100.0 * cpu / wall,
-            1e6 * cpu / f.events as f64
-        );
+        let mut parts = Vec::new();
+        let mut total = 0.0;
+        for (((name, _), b), a) in self.procs.iter().zip(before.iter()).zip(&after) {
+            if let (Some(b), Some(a)) = (b, a) {
+                let us = 1e6 * (a - b) / f.events as f64;
+                total += us;
+                parts.push(format!("{name} {us:.1} ({:.0}%)", 100.0 * (a - b) / wall));
+            }
+        }
+        println!("    CPU µs per event (share of one core): {}; total {total:.1}", parts.join(", "));
     }
 }
 
@@ -226,7 +250,13 @@ pub(crate) fn peak_rss_mb(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-async fn raw_producer(a: &BenchArgs, p: &FutureProducer, topic: &str, tenant: &str) -> anyhow::Result<Figures> {
+async fn raw_producer(
+    a: &BenchArgs,
+    meter: &CpuMeter,
+    p: &FutureProducer,
+    topic: &str,
+    tenant: &str,
+) -> anyhow::Result<Figures> {
     // The same records the server would write: the enriched envelope and its CloudEvents headers.
     let catalog = schemas::Catalog::new();
     let now = time::OffsetDateTime::now_utc();
@@ -238,7 +268,7 @@ async fn raw_producer(a: &BenchArgs, p: &FutureProducer, topic: &str, tenant: &s
             Ok((serde_json::to_vec(&e)?, producer::route::headers(&e)))
         })
         .collect::<anyhow::Result<_>>()?;
-    let started = Instant::now();
+    let (cpu, started) = (meter.snapshot(), Instant::now());
     let mut inflight = FuturesUnordered::new();
     let mut latencies = Vec::with_capacity(a.events);
     for (pl, headers) in &records {
@@ -261,10 +291,17 @@ async fn raw_producer(a: &BenchArgs, p: &FutureProducer, topic: &str, tenant: &s
         anyhow::ensure!(ok, "raw produce failed");
         latencies.push(l);
     }
-    Ok(Figures { name: "(a) raw rdkafka producer", events: a.events, elapsed: started.elapsed(), latencies })
+    Ok(Figures { name: "(a) raw rdkafka producer", events: a.events, elapsed: started.elapsed(), latencies, cpu })
 }
 
-async fn bulk(a: &BenchArgs, http: &reqwest::Client, base: &str, key: &str, tenant: &str) -> anyhow::Result<Figures> {
+async fn bulk(
+    a: &BenchArgs,
+    meter: &CpuMeter,
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    tenant: &str,
+) -> anyhow::Result<Figures> {
     let bodies: Vec<Vec<u8>> = (0..a.events)
         .collect::<Vec<_>>()
         .chunks(a.bulk_size)
@@ -273,7 +310,7 @@ async fn bulk(a: &BenchArgs, http: &reqwest::Client, base: &str, key: &str, tena
                 .unwrap_or_default()
         })
         .collect();
-    let started = Instant::now();
+    let (cpu, started) = (meter.snapshot(), Instant::now());
     let mut latencies = Vec::new();
     let mut pending = futures::stream::iter(bodies.iter().map(|b| async move {
         let t = Instant::now();
@@ -291,13 +328,26 @@ async fn bulk(a: &BenchArgs, http: &reqwest::Client, base: &str, key: &str, tena
         anyhow::ensure!(status == 202, "bulk request answered {status}");
         latencies.push(l);
     }
-    Ok(Figures { name: "(b) POST /events/bulk (per request)", events: a.events, elapsed: started.elapsed(), latencies })
+    Ok(Figures {
+        name: "(b) POST /events/bulk (per request)",
+        events: a.events,
+        elapsed: started.elapsed(),
+        latencies,
+        cpu,
+    })
 }
 
-async fn single(a: &BenchArgs, http: &reqwest::Client, base: &str, key: &str, tenant: &str) -> anyhow::Result<Figures> {
+async fn single(
+    a: &BenchArgs,
+    meter: &CpuMeter,
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    tenant: &str,
+) -> anyhow::Result<Figures> {
     let bodies: Vec<Vec<u8>> =
         (0..a.events).map(|i| serde_json::to_vec(&event(tenant, i)).unwrap_or_default()).collect();
-    let started = Instant::now();
+    let (cpu, started) = (meter.snapshot(), Instant::now());
     let mut latencies = Vec::with_capacity(a.events);
     let mut pending = futures::stream::iter(bodies.into_iter().map(|b| async move {
         let t = Instant::now();
@@ -315,7 +365,13 @@ async fn single(a: &BenchArgs, http: &reqwest::Client, base: &str, key: &str, te
         anyhow::ensure!(status == 202, "single request answered {status}");
         latencies.push(l);
     }
-    Ok(Figures { name: "(c) POST /events (one per request)", events: a.events, elapsed: started.elapsed(), latencies })
+    Ok(Figures {
+        name: "(c) POST /events (one per request)",
+        events: a.events,
+        elapsed: started.elapsed(),
+        latencies,
+        cpu,
+    })
 }
 
 pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
@@ -332,6 +388,10 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     // The default per-tenant quota would cap the measurement; lift it for the bench tenant (admin only).
     server.tenant(&http, &tenant, 10_000_000).await?;
     let rss_idle = peak_rss_mb(pid);
+    let mut procs = vec![("server", pid), ("client", std::process::id())];
+    procs.extend(a.broker_pid.map(|p| ("broker", p)));
+    procs.extend(a.redis_pid.map(|p| ("redis", p)));
+    let meter = CpuMeter { procs };
 
     println!(
         "evstream bench: {} events per scenario, {} single-event clients, bulk {} x {} clients",
@@ -341,29 +401,28 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     // One producer for every round, configured as the server's sink (idempotent, acks=all, same linger).
     let producer: FutureProducer =
         KafkaSinkConfig { brokers: a.kafka_brokers.clone(), ..KafkaSinkConfig::default() }.client_config().create()?;
-    raw_producer(&BenchArgs { events: 500, ..a.clone() }, &producer, &raw_topic, &tenant).await?;
-    single(&BenchArgs { events: 500, ..a.clone() }, &http, &base, &admin, &tenant).await?;
+    raw_producer(&BenchArgs { events: 500, ..a.clone() }, &meter, &producer, &raw_topic, &tenant).await?;
+    single(&BenchArgs { events: 500, ..a.clone() }, &meter, &http, &base, &admin, &tenant).await?;
     let (mut ras, mut rbs, mut rcs) = (Vec::new(), Vec::new(), Vec::new());
     let want = |c: char| a.scenarios.contains(c);
     for round in 1..=a.rounds.max(1) {
         println!("round {round}");
         if want('a') {
-            let r = raw_producer(&a, &producer, &raw_topic, &tenant).await?;
+            let r = raw_producer(&a, &meter, &producer, &raw_topic, &tenant).await?;
             r.print();
+            meter.print(&r);
             ras.push(r);
         }
         if want('b') {
-            let cpu0 = cpu_secs(pid);
-            let r = bulk(&a, &http, &base, &admin, &tenant).await?;
+            let r = bulk(&a, &meter, &http, &base, &admin, &tenant).await?;
             r.print();
-            print_server_cpu(cpu0, cpu_secs(pid), &r);
+            meter.print(&r);
             rbs.push(r);
         }
         if want('c') {
-            let cpu0 = cpu_secs(pid);
-            let r = single(&a, &http, &base, &admin, &tenant).await?;
+            let r = single(&a, &meter, &http, &base, &admin, &tenant).await?;
             r.print();
-            print_server_cpu(cpu0, cpu_secs(pid), &r);
+            meter.print(&r);
             rcs.push(r);
         }
         if let (Some(ra), Some(rb)) = (ras.last(), rbs.last()) {

@@ -13,7 +13,7 @@ use crate::idempotency::{Claim, ClaimGuard, Idempotency};
 use crate::metric_names as m;
 use crate::quota::{QuotaDecision, Quotas};
 use crate::route;
-use crate::sinks::kafka::{Delivered, KafkaSink, KafkaSinkError};
+use crate::sinks::kafka::{Delivered, KafkaSink, KafkaSinkError, Outgoing};
 use crate::sinks::redis_stream::{RedisStreamSink, StreamEntry};
 use crate::tenant_stats::TenantStats;
 use crate::topics::{TopicSpec, Topics};
@@ -351,9 +351,14 @@ impl Pipeline {
                 if p.filtered.is_some() {
                     continue;
                 }
-                let e = per_tenant.entry(p.event.tenant_id.clone()).or_insert_with(|| (p.cfg.clone(), 0, 0));
-                e.1 += 1;
-                e.2 += p.json.len() as u64;
+                // Looked up before inserting: the tenant id is cloned once per request, not once per event.
+                let bytes = p.json.len() as u64;
+                match per_tenant.get_mut(&p.event.tenant_id) {
+                    Some(e) => (e.1, e.2) = (e.1 + 1, e.2 + bytes),
+                    None => {
+                        per_tenant.insert(p.event.tenant_id.clone(), (p.cfg.clone(), 1, bytes));
+                    }
+                }
             }
         }
         let decisions = futures::future::join_all(per_tenant.iter().map(|(t, (cfg, n, bytes))| async move {
@@ -543,16 +548,21 @@ impl Pipeline {
         let i = &self.inner;
         let prepared: Vec<&Prepared> = prepared.collect();
         let mut routes: Vec<Vec<&str>> = Vec::with_capacity(prepared.len());
-        let mut sends = Vec::with_capacity(prepared.len());
+        let mut records = Vec::with_capacity(prepared.len());
         for p in &prepared {
             let topics = if p.filtered.is_some() { Vec::new() } else { route::topics(&p.cfg, &i.cfg.default_topic) };
-            let key = p.event.tenant_id.as_str();
-            for t in &topics {
-                sends.push(i.kafka.enqueue(t, key, &p.json, route::headers(&p.event), p.cfg.compression_enabled));
+            for topic in &topics {
+                records.push(Outgoing {
+                    topic,
+                    key: p.event.tenant_id.as_str(),
+                    payload: &p.json,
+                    headers: route::headers(&p.event),
+                    compress: p.cfg.compression_enabled,
+                });
             }
             routes.push(topics);
         }
-        let mut delivered = futures::future::join_all(sends).await.into_iter();
+        let mut delivered = i.kafka.send_all(records).await.into_iter();
         prepared
             .iter()
             .zip(&routes)

@@ -136,3 +136,41 @@ async fn a_second_instance_sees_a_put_to_the_first() {
     assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
     let _ = ADMIN;
 }
+
+/// A tenant's `maxLen` bounds its Redis window: after 1,200 events with `maxLen` 100, the stream holds about 100
+/// (Redis trims whole nodes of up to 100 entries, so "about" means fewer than 300), and the newest are kept.
+#[tokio::test]
+async fn max_len_bounds_the_redis_window() {
+    let app = TestApp::start().await;
+    let (tenant, key) = app.tenant().await;
+    let cfg = json!({"batchSize": 400, "destinations": [{"type": "kafka", "enabled": true, "config": {}},
+        {"type": "redis", "enabled": true, "config": {"maxLen": 100}}]});
+    assert_eq!(app.put(&format!("/stream-config/{tenant}"), &key, &cfg, None).await.status, StatusCode::OK);
+    let mut last = String::new();
+    for round in 0..3 {
+        let events: Vec<_> = (0..400)
+            .map(|i| {
+                let mut e = event(&tenant);
+                e["entityId"] = json!(format!("risk-{round}-{i}"));
+                e
+            })
+            .collect();
+        let r = app.post("/events/bulk", &key, &json!({ "events": events })).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+        last = r.body["results"][399]["id"].as_str().expect("id").to_string();
+    }
+    let client = redis::Client::open(testkit::redis_url()).expect("redis url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
+    let stream = format!("evstream:{tenant}:events");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let newest = app.get(&format!("/events/{tenant}?limit=1"), &key).await.body["events"][0]["id"].clone();
+        let len: u64 = redis::cmd("XLEN").arg(&stream).query_async(&mut conn).await.expect("xlen");
+        if newest == last.as_str() {
+            assert!((100..300).contains(&len), "{len} entries kept with maxLen 100");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the newest event never reached Redis ({len} entries)");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,15 +1,23 @@
 //! The Kafka sink: an idempotent producer (`enable.idempotence`, `acks=all`), keyed by tenant so that a tenant's
 //! events stay ordered on one partition. Two producer handles share the settings: one compresses (lz4), one does
 //! not, chosen per tenant by `compressionEnabled`.
+//!
+//! Records are sent in batches ([`KafkaSink::send_all`]): every record of a batch is queued at once, each carries a
+//! slot of the batch, the delivery callback fills the slot, and the last acknowledgement wakes the one waiting
+//! task. A bulk request of 500 events is one wake-up, not 500 futures.
 
 use crate::metric_names as m;
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::message::{DeliveryResult, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::util::Timeout;
 use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -78,8 +86,82 @@ pub struct Delivered {
 
 #[derive(Clone)]
 pub struct KafkaSink {
-    plain: FutureProducer,
-    lz4: FutureProducer,
+    plain: Arc<ThreadedProducer<SinkContext>>,
+    lz4: Arc<ThreadedProducer<SinkContext>>,
+}
+
+/// One record to send.
+pub struct Outgoing<'a> {
+    pub topic: &'a str,
+    pub key: &'a str,
+    pub payload: &'a [u8],
+    pub headers: OwnedHeaders,
+    pub compress: bool,
+}
+
+/// The acknowledgements of one batch: filled by the delivery callbacks, handed over when the last one arrives.
+struct Batch {
+    state: Mutex<BatchState>,
+}
+
+struct BatchState {
+    results: Vec<Option<Result<Delivered, KafkaError>>>,
+    /// Records not yet settled, plus one while records are still being queued.
+    pending: usize,
+    done: Option<oneshot::Sender<()>>,
+}
+
+impl Batch {
+    fn settle(&self, index: usize, r: Option<Result<Delivered, KafkaError>>) {
+        let Ok(mut s) = self.state.lock() else { return };
+        if let (Some(r), Some(slot)) = (r, s.results.get_mut(index)) {
+            *slot = Some(r);
+        }
+        s.pending = s.pending.saturating_sub(1);
+        if s.pending == 0 {
+            if let Some(done) = s.done.take() {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// A record's place in its batch, carried through librdkafka as the delivery opaque. A slot dropped without a
+/// delivery report (a producer torn down with records queued) settles as cancelled, so no batch waits forever.
+struct Slot {
+    batch: Arc<Batch>,
+    index: usize,
+    settled: bool,
+}
+
+impl Slot {
+    fn settle(&mut self, r: Result<Delivered, KafkaError>) {
+        self.settled = true;
+        self.batch.settle(self.index, Some(r));
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.batch.settle(self.index, Some(Err(KafkaError::Canceled)));
+        }
+    }
+}
+
+struct SinkContext;
+
+impl ClientContext for SinkContext {}
+
+impl ProducerContext for SinkContext {
+    type DeliveryOpaque = Box<Slot>;
+
+    fn delivery(&self, r: &DeliveryResult<'_>, mut slot: Box<Slot>) {
+        slot.settle(match r {
+            Ok(m) => Ok(Delivered { partition: m.partition(), offset: m.offset() }),
+            Err((e, _)) => Err(e.clone()),
+        });
+    }
 }
 
 impl KafkaSinkConfig {
@@ -101,9 +183,9 @@ impl KafkaSinkConfig {
     }
 
     pub fn build(&self) -> Result<KafkaSink, KafkaError> {
-        let plain: FutureProducer = self.client_config().create()?;
-        let lz4: FutureProducer = self.client_config().set("compression.type", "lz4").create()?;
-        Ok(KafkaSink { plain, lz4 })
+        let plain = self.client_config().create_with_context(SinkContext)?;
+        let lz4 = self.client_config().set("compression.type", "lz4").create_with_context(SinkContext)?;
+        Ok(KafkaSink { plain: Arc::new(plain), lz4: Arc::new(lz4) })
     }
 }
 
@@ -117,45 +199,54 @@ impl KafkaSink {
         headers: OwnedHeaders,
         compress: bool,
     ) -> Result<Delivered, KafkaSinkError> {
-        self.enqueue(topic, key, payload, headers, compress).await
+        let mut r = self.send_all(vec![Outgoing { topic, key, payload, headers, compress }]).await;
+        r.pop().unwrap_or_else(|| Err(classify(topic, KafkaError::Canceled)))
     }
 
-    /// Queues one record at once, and returns the wait for the broker's acknowledgement. A bulk request queues all
-    /// of its records before it waits for any, so that they travel in as few produce requests as the linger
-    /// allows and no per-record task is polled while they do.
-    pub fn enqueue<'a>(
-        &self,
-        topic: &'a str,
-        key: &str,
-        payload: &[u8],
-        headers: OwnedHeaders,
-        compress: bool,
-    ) -> impl std::future::Future<Output = Result<Delivered, KafkaSinkError>> + Send + 'a {
-        let producer = if compress { &self.lz4 } else { &self.plain };
-        let record = FutureRecord::to(topic).key(key).payload(payload).headers(headers);
+    /// Queues every record at once, then waits for all of their acknowledgements: results in input order. Records
+    /// travel in as few produce requests as the linger allows. A full client queue is overload, answered at once
+    /// for the records that did not fit; nothing waits for queue space.
+    pub async fn send_all(&self, records: Vec<Outgoing<'_>>) -> Vec<Result<Delivered, KafkaSinkError>> {
+        let n = records.len();
         let started = Instant::now();
-        // Never wait for queue space: a full queue is overload, answered at once.
-        let queued = producer.send_result(record).map_err(|(e, _)| e);
-        async move {
-            let res = match queued {
-                Ok(delivery) => match delivery.await {
-                    Ok(Ok(d)) => Ok(d),
-                    Ok(Err((e, _))) => Err(e),
-                    Err(_) => Err(KafkaError::Canceled),
-                },
-                Err(e) => Err(e),
-            };
-            metrics::histogram!(m::KAFKA_PRODUCE_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
-            match res {
-                Ok(d) => Ok(Delivered { partition: d.partition, offset: d.offset }),
-                Err(e) => {
-                    let err = classify(topic, e);
-                    tracing::warn!(topic, reason = err.reason(), error = %e_display(&err), "kafka produce failed");
-                    metrics::counter!(m::KAFKA_PRODUCE_ERRORS_TOTAL, "reason" => err.reason()).increment(1);
-                    Err(err)
-                }
+        let (done, finished) = oneshot::channel();
+        let batch = Arc::new(Batch {
+            state: Mutex::new(BatchState { results: vec![None; n], pending: n + 1, done: Some(done) }),
+        });
+        let topics: Vec<&str> = records.iter().map(|r| r.topic).collect();
+        for (index, r) in records.into_iter().enumerate() {
+            let producer = if r.compress { &self.lz4 } else { &self.plain };
+            let slot = Box::new(Slot { batch: batch.clone(), index, settled: false });
+            let record = BaseRecord::with_opaque_to(r.topic, slot).key(r.key).payload(r.payload).headers(r.headers);
+            if let Err((e, record)) = producer.send(record) {
+                let mut slot = record.delivery_opaque;
+                slot.settle(Err(e));
             }
         }
+        // Every record is queued: the last acknowledgement may now finish the batch.
+        batch.settle(usize::MAX, None);
+        let _ = finished.await;
+        let results = batch.state.lock().map(|mut s| std::mem::take(&mut s.results)).unwrap_or_default();
+        metrics::histogram!(m::KAFKA_PRODUCE_DURATION_SECONDS).record_many(started.elapsed().as_secs_f64(), n);
+        let mut failures: HashMap<&'static str, (u64, String)> = HashMap::new();
+        let out: Vec<Result<Delivered, KafkaSinkError>> = results
+            .into_iter()
+            .zip(&topics)
+            .map(|(r, topic)| match r.unwrap_or(Err(KafkaError::Canceled)) {
+                Ok(d) => Ok(d),
+                Err(e) => {
+                    let err = classify(topic, e);
+                    failures.entry(err.reason()).or_insert_with(|| (0, e_display(&err))).0 += 1;
+                    Err(err)
+                }
+            })
+            .collect();
+        // One line and one count per reason, not one per record: an outage fails whole batches.
+        for (reason, (count, error)) in failures {
+            tracing::warn!(reason, count, error = %error, "kafka produce failed");
+            metrics::counter!(m::KAFKA_PRODUCE_ERRORS_TOTAL, "reason" => reason).increment(count);
+        }
+        out
     }
 
     /// Asks the broker for cluster metadata; `Ok` means a broker answered within `timeout`.

@@ -1,7 +1,8 @@
 //! The Redis Streams sink: the real-time window of each tenant, one stream per tenant
 //! (`evstream:{tenant}:events`). Writes happen after the Kafka ack on a background task that drains a bounded
-//! queue and pipelines `XADD ... MAXLEN ~ n` for a whole batch in one round trip, then trims by age (`MINID ~`)
-//! from the tenant's `retentionDays`. Reads (`XREVRANGE`) and live tails (`XREAD BLOCK`) serve the HTTP API.
+//! queue and pipelines `XADD` for a whole batch in one round trip, then trims each stream once by count
+//! (`MAXLEN ~`, from the tenant's config) and by age (`MINID ~`, from its `retentionDays`). Reads (`XREVRANGE`)
+//! and live tails (`XREAD BLOCK`) serve the HTTP API.
 
 use crate::metric_names as m;
 use crate::redis_conn::RedisConn;
@@ -189,13 +190,18 @@ async fn writer(redis: RedisConn, mut rx: mpsc::Receiver<StreamEntry>) {
     while rx.recv_many(&mut batch, MAX_PIPELINE).await > 0 {
         let mut pipe = redis::pipe();
         let now_ms = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
-        let mut trims: HashMap<&TenantId, u64> = HashMap::new();
+        // Each tenant's stream key once per batch, with its bounds (the newest entry's config counts).
+        let mut streams: HashMap<&TenantId, (String, u64, u64)> = HashMap::new();
         for e in &batch {
+            let key = match streams.get_mut(&e.tenant) {
+                Some(s) => {
+                    (s.1, s.2) = (e.max_len, e.retention_ms);
+                    &s.0
+                }
+                None => &streams.entry(&e.tenant).or_insert((stream_key(&e.tenant), e.max_len, e.retention_ms)).0,
+            };
             pipe.cmd("XADD")
-                .arg(stream_key(&e.tenant))
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(e.max_len)
+                .arg(key)
                 .arg("*")
                 .arg("id")
                 .arg(&e.event_id)
@@ -206,15 +212,12 @@ async fn writer(redis: RedisConn, mut rx: mpsc::Receiver<StreamEntry>) {
                 .arg("event")
                 .arg(&*e.json)
                 .ignore();
-            trims.insert(&e.tenant, e.retention_ms);
         }
-        for (tenant, retention_ms) in trims {
-            pipe.cmd("XTRIM")
-                .arg(stream_key(tenant))
-                .arg("MINID")
-                .arg("~")
-                .arg(now_ms.saturating_sub(retention_ms))
-                .ignore();
+        // Trimmed once per stream and batch, by count and by age, in the same pipeline: a stream is never more
+        // than one batch over its bound, and only until the end of this round trip.
+        for (key, max_len, retention_ms) in streams.values() {
+            pipe.cmd("XTRIM").arg(key).arg("MAXLEN").arg("~").arg(*max_len).ignore();
+            pipe.cmd("XTRIM").arg(key).arg("MINID").arg("~").arg(now_ms.saturating_sub(*retention_ms)).ignore();
         }
         let mut delay = Duration::from_millis(100);
         loop {
