@@ -17,15 +17,16 @@ pub fn topics<'a>(cfg: &'a StreamConfig, default_topic: &'a str) -> Vec<&'a str>
 
 /// CloudEvents Kafka protocol binding headers (`ce_*`) plus `tenant_id` and `content-type`.
 pub fn headers(e: &Event) -> OwnedHeaders {
-    let time = e.occurred_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
-    OwnedHeaders::new_with_capacity(8)
-        .insert(Header { key: "ce_specversion", value: Some("1.0") })
-        .insert(Header { key: "ce_id", value: Some(e.id.as_str()) })
-        .insert(Header { key: "ce_type", value: Some(e.event_type.as_str()) })
-        .insert(Header { key: "ce_source", value: Some(e.source.as_str()) })
-        .insert(Header { key: "ce_time", value: Some(time.as_str()) })
-        .insert(Header { key: "tenant_id", value: Some(e.tenant_id.as_str()) })
-        .insert(Header { key: "content-type", value: Some("application/json") })
+    schemas::event::with_rfc3339(e.occurred_at, |time| {
+        OwnedHeaders::new_with_capacity(8)
+            .insert(Header { key: "ce_specversion", value: Some("1.0") })
+            .insert(Header { key: "ce_id", value: Some(e.id.as_str()) })
+            .insert(Header { key: "ce_type", value: Some(e.event_type.as_str()) })
+            .insert(Header { key: "ce_source", value: Some(e.source.as_str()) })
+            .insert(Header { key: "ce_time", value: Some(time.unwrap_or_default()) })
+            .insert(Header { key: "tenant_id", value: Some(e.tenant_id.as_str()) })
+            .insert(Header { key: "content-type", value: Some("application/json") })
+    })
 }
 
 #[cfg(test)]

@@ -30,12 +30,48 @@ pub struct Event {
     pub entity_type: Option<String>,
     pub data: Map<String, Value>,
     pub metadata: Map<String, Value>,
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(with = "rfc3339")]
     pub occurred_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(with = "rfc3339")]
     pub received_at: OffsetDateTime,
     pub schema_version: String,
     pub correlation_id: String,
+}
+
+/// Calls `f` with the RFC 3339 text of `t` (`None` if `t` cannot be written so, which the parser never lets in).
+/// The text is formatted once per distinct instant and offset on each thread: the events of a request share their
+/// receipt time, and most of them their occurrence time, so a bulk request formats its timestamps about once.
+pub fn with_rfc3339<R>(t: OffsetDateTime, f: impl FnOnce(Option<&str>) -> R) -> R {
+    use std::cell::RefCell;
+    thread_local! {
+        static LAST: RefCell<Option<(OffsetDateTime, Option<String>)>> = const { RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        // `==` on `OffsetDateTime` compares instants only; the offset changes the text.
+        let hit = matches!(&*last, Some((l, _)) if *l == t && l.offset() == t.offset());
+        if !hit {
+            *last = Some((t, t.format(&time::format_description::well_known::Rfc3339).ok()));
+        }
+        f(last.as_ref().and_then(|(_, s)| s.as_deref()))
+    })
+}
+
+/// `time::serde::rfc3339`, writing through [`with_rfc3339`].
+mod rfc3339 {
+    use serde::{Deserializer, Serializer};
+    use time::OffsetDateTime;
+
+    pub fn serialize<S: Serializer>(t: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
+        super::with_rfc3339(*t, |text| match text {
+            Some(text) => s.serialize_str(text),
+            None => Err(serde::ser::Error::custom("timestamp cannot be written as RFC 3339")),
+        })
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<OffsetDateTime, D::Error> {
+        time::serde::rfc3339::deserialize(d)
+    }
 }
 
 /// An event as a client sent it, checked but not yet enriched.
@@ -432,6 +468,16 @@ mod tests {
         .unwrap_err();
         assert_eq!(errs[0].field, "data.riskScore");
         assert_eq!(errs[0].code, "schema_violation");
+    }
+
+    #[test]
+    fn timestamps_are_written_as_time_writes_them() {
+        let utc = time::macros::datetime!(2026-01-31 12:00:00.5 UTC);
+        let same_instant = utc.to_offset(time::macros::offset!(+2));
+        for t in [utc, same_instant, utc, time::macros::datetime!(2026-01-31 12:00:00 -05:30)] {
+            let want = t.format(&time::format_description::well_known::Rfc3339).unwrap();
+            assert_eq!(with_rfc3339(t, |s| s.map(str::to_string)), Some(want));
+        }
     }
 
     #[test]
