@@ -611,9 +611,6 @@ impl Pipeline {
         if cfg.destination_enabled(DestinationKind::Redis) {
             i.redis.enqueue(StreamEntry {
                 tenant: event.tenant_id.clone(),
-                event_id: event.id.as_str().to_owned(),
-                event_type: event.event_type,
-                source: event.source.as_str().to_owned(),
                 json: p.json.clone(),
                 max_len: cfg.redis_max_len(),
                 retention_ms: u64::from(cfg.retention_days) * 86_400_000,

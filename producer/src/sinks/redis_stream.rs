@@ -30,12 +30,9 @@ pub enum RedisStreamSinkError {
     Unavailable(#[from] redis::RedisError),
 }
 
-/// One event on its way to a tenant stream.
+/// One event on its way to a tenant stream: an entry with one field, `event`, the envelope as stored in Kafka.
 pub struct StreamEntry {
     pub tenant: TenantId,
-    pub event_id: String,
-    pub event_type: EventType,
-    pub source: String,
     pub json: Arc<[u8]>,
     pub max_len: u64,
     pub retention_ms: u64,
@@ -57,18 +54,21 @@ pub struct ReadFilter {
 }
 
 impl ReadFilter {
-    fn matches(&self, id: &StreamId) -> bool {
-        self.event_type.is_none_or(|t| field(id, "type").as_deref() == Some(t.as_str()))
-            && self.source.as_deref().is_none_or(|s| field(id, "source").as_deref() == Some(s))
+    fn matches(&self, event: &serde_json::Value) -> bool {
+        let field = |name: &str| event.get(name).and_then(serde_json::Value::as_str);
+        self.event_type.is_none_or(|t| field("eventType") == Some(t.as_str()))
+            && self.source.as_deref().is_none_or(|s| field("source") == Some(s))
+    }
+
+    /// The event of a stream entry when it passes the filter.
+    fn pass(&self, id: &StreamId) -> Option<serde_json::Value> {
+        let v: serde_json::Value = serde_json::from_slice(&id.get::<Vec<u8>>("event")?).ok()?;
+        self.matches(&v).then_some(v)
     }
 }
 
 pub fn stream_key(tenant: &TenantId) -> String {
     format!("evstream:{tenant}:events")
-}
-
-fn field(id: &StreamId, name: &str) -> Option<String> {
-    id.get::<String>(name)
 }
 
 impl RedisStreamSinkConfig {
@@ -115,14 +115,10 @@ impl RedisStreamSink {
             self.redis.observe(&reply);
             let reply = reply?;
             let n = reply.ids.len();
-            for id in &reply.ids {
-                if filter.matches(id) {
-                    if let Some(v) = id.get::<Vec<u8>>("event").and_then(|b| serde_json::from_slice(&b).ok()) {
-                        out.push(v);
-                        if out.len() >= limit {
-                            return Ok(out);
-                        }
-                    }
+            for v in reply.ids.iter().filter_map(|id| filter.pass(id)) {
+                out.push(v);
+                if out.len() >= limit {
+                    return Ok(out);
                 }
             }
             budget = budget.saturating_sub(n);
@@ -167,11 +163,9 @@ impl RedisStreamSink {
                 for k in reply.keys {
                     for id in k.ids {
                         last = id.id.clone();
-                        if filter.matches(&id) {
-                            if let Some(v) = id.get::<Vec<u8>>("event").and_then(|b| serde_json::from_slice(&b).ok()) {
-                                if tx.send(v).await.is_err() {
-                                    return;
-                                }
+                        if let Some(v) = filter.pass(&id) {
+                            if tx.send(v).await.is_err() {
+                                return;
                             }
                         }
                     }
@@ -200,18 +194,7 @@ async fn writer(redis: RedisConn, mut rx: mpsc::Receiver<StreamEntry>) {
                 }
                 None => &streams.entry(&e.tenant).or_insert((stream_key(&e.tenant), e.max_len, e.retention_ms)).0,
             };
-            pipe.cmd("XADD")
-                .arg(key)
-                .arg("*")
-                .arg("id")
-                .arg(&e.event_id)
-                .arg("type")
-                .arg(e.event_type.as_str())
-                .arg("source")
-                .arg(&e.source)
-                .arg("event")
-                .arg(&*e.json)
-                .ignore();
+            pipe.cmd("XADD").arg(key).arg("*").arg("event").arg(&*e.json).ignore();
         }
         // Trimmed once per stream and batch, by count and by age, in the same pipeline: a stream is never more
         // than one batch over its bound, and only until the end of this round trip.
