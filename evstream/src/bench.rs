@@ -398,7 +398,8 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         a.events, a.concurrency, a.bulk_size, a.bulk_concurrency
     );
     // Warm both paths so connection set-up is not measured.
-    // One producer for every round, configured as the server's sink (idempotent, acks=all, same linger).
+    // One producer for every round, configured as the server's sink (idempotent, acks=all, the same linger: both
+    // take `KafkaSinkConfig`'s defaults).
     let producer: FutureProducer =
         KafkaSinkConfig { brokers: a.kafka_brokers.clone(), ..KafkaSinkConfig::default() }.client_config().create()?;
     raw_producer(&BenchArgs { events: 500, ..a.clone() }, &meter, &producer, &raw_topic, &tenant).await?;

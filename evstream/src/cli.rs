@@ -85,7 +85,7 @@ pub struct Common {
     #[arg(long, env = "EVSTREAM_KAFKA_DELIVERY_TIMEOUT_MS", default_value_t = 5000)]
     pub kafka_delivery_timeout_ms: u64,
     /// Producer linger (batching delay).
-    #[arg(long, env = "EVSTREAM_KAFKA_LINGER_MS", default_value_t = 1)]
+    #[arg(long, env = "EVSTREAM_KAFKA_LINGER_MS", default_value_t = producer::sinks::kafka::DEFAULT_LINGER_MS)]
     pub kafka_linger_ms: u64,
     /// Most records in one producer batch.
     #[arg(long, env = "EVSTREAM_KAFKA_BATCH_SIZE", default_value_t = 10000)]

@@ -35,12 +35,15 @@ pub struct KafkaSinkConfig {
     pub idempotence: bool,
 }
 
+/// The producer's default linger: single events wait at most this long for company.
+pub const DEFAULT_LINGER_MS: u64 = 1;
+
 impl Default for KafkaSinkConfig {
     fn default() -> Self {
         Self {
             brokers: "127.0.0.1:9092".into(),
             delivery_timeout_ms: 5_000,
-            linger_ms: 5,
+            linger_ms: DEFAULT_LINGER_MS,
             batch_size: 10_000,
             queue_max_messages: 100_000,
             idempotence: true,
