@@ -116,7 +116,8 @@ struct BatchState {
 
 impl Batch {
     fn settle(&self, index: usize, r: Option<Result<Delivered, KafkaError>>) {
-        let Ok(mut s) = self.state.lock() else { return };
+        // No code panics while holding the lock; if one did, the results are still whole values.
+        let mut s = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let (Some(r), Some(slot)) = (r, s.results.get_mut(index)) {
             *slot = Some(r);
         }
@@ -229,9 +230,10 @@ impl KafkaSink {
         // Every record is queued: the last acknowledgement may now finish the batch.
         batch.settle(usize::MAX, None);
         let _ = finished.await;
-        let results = batch.state.lock().map(|mut s| std::mem::take(&mut s.results)).unwrap_or_default();
+        let results =
+            std::mem::take(&mut batch.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).results);
         metrics::histogram!(m::KAFKA_PRODUCE_DURATION_SECONDS).record_many(started.elapsed().as_secs_f64(), n);
-        let mut failures: HashMap<&'static str, (u64, String)> = HashMap::new();
+        let mut failures: HashMap<&'static str, (u64, &str, String)> = HashMap::new();
         let out: Vec<Result<Delivered, KafkaSinkError>> = results
             .into_iter()
             .zip(&topics)
@@ -239,14 +241,14 @@ impl KafkaSink {
                 Ok(d) => Ok(d),
                 Err(e) => {
                     let err = classify(topic, e);
-                    failures.entry(err.reason()).or_insert_with(|| (0, e_display(&err))).0 += 1;
+                    failures.entry(err.reason()).or_insert_with(|| (0, topic, e_display(&err))).0 += 1;
                     Err(err)
                 }
             })
             .collect();
         // One line and one count per reason, not one per record: an outage fails whole batches.
-        for (reason, (count, error)) in failures {
-            tracing::warn!(reason, count, error = %error, "kafka produce failed");
+        for (reason, (count, topic, error)) in failures {
+            tracing::warn!(reason, count, topic, error = %error, "kafka produce failed");
             metrics::counter!(m::KAFKA_PRODUCE_ERRORS_TOTAL, "reason" => reason).increment(count);
         }
         out

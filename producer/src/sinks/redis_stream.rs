@@ -60,9 +60,26 @@ impl ReadFilter {
             && self.source.as_deref().is_none_or(|s| field("source") == Some(s))
     }
 
-    /// The event of a stream entry when it passes the filter.
+    /// The event of a stream entry when it passes the filter. With a type or source filter, the two fields are
+    /// read first (borrowed, the rest skipped), so that entries filtered out are not parsed whole.
     fn pass(&self, id: &StreamId) -> Option<serde_json::Value> {
-        let v: serde_json::Value = serde_json::from_slice(&id.get::<Vec<u8>>("event")?).ok()?;
+        #[derive(serde::Deserialize)]
+        struct Kind<'a> {
+            #[serde(rename = "eventType", borrow)]
+            event_type: Option<std::borrow::Cow<'a, str>>,
+            #[serde(borrow)]
+            source: Option<std::borrow::Cow<'a, str>>,
+        }
+        let bytes = id.get::<Vec<u8>>("event")?;
+        if self.event_type.is_some() || self.source.is_some() {
+            if let Ok(k) = serde_json::from_slice::<Kind<'_>>(&bytes) {
+                let type_ok = self.event_type.is_none_or(|t| k.event_type.as_deref() == Some(t.as_str()));
+                if !type_ok || self.source.as_deref().is_some_and(|s| k.source.as_deref() != Some(s)) {
+                    return None;
+                }
+            }
+        }
+        let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
         self.matches(&v).then_some(v)
     }
 }

@@ -99,8 +99,10 @@ pub async fn publish(
     Ok((status, Json(ItemResult::new(None, &answer))).into_response())
 }
 
-/// A bulk body whose events are kept as their text.
+/// A bulk body whose events are kept as their text. Nothing but `events`: skipping another key would skip the
+/// checks a `Value` parse makes on it (such a body takes the full parse instead).
 #[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct BulkText<'a> {
     #[serde(borrow)]
     events: Vec<&'a RawValue>,
@@ -146,8 +148,11 @@ pub async fn bulk(
             })
             .collect()
     } else {
-        let plain = serde_json::from_slice::<BulkText<'_>>(&bytes)
-            .ok()
+        // An object only: serde would also read the struct from an array.
+        let object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        let plain = object
+            .then(|| serde_json::from_slice::<BulkText<'_>>(&bytes).ok())
+            .flatten()
             .and_then(|b| b.events.iter().map(|raw| pipeline.document(raw.get()).ok()).collect::<Option<Vec<_>>>());
         match plain {
             Some(docs) => docs.into_iter().map(Ok).collect(),
