@@ -102,8 +102,9 @@ struct CpuMeter {
 }
 
 impl CpuMeter {
+    /// The processes' CPU seconds, then the machine's steal time (CPU the hypervisor gave to others).
     fn snapshot(&self) -> Vec<Option<f64>> {
-        self.procs.iter().map(|(_, pid)| cpu_secs(*pid)).collect()
+        self.procs.iter().map(|(_, pid)| cpu_secs(*pid)).chain(std::iter::once(steal_secs())).collect()
     }
 
     /// Prints the CPU used since `f` began; called as soon as the scenario ends.
@@ -119,8 +120,20 @@ impl CpuMeter {
                 parts.push(format!("{name} {us:.1} ({:.0}%)", 100.0 * (a - b) / wall));
             }
         }
-        println!("    CPU µs per event (share of one core): {}; total {total:.1}", parts.join(", "));
+        let steal = match (before.last().copied().flatten(), after.last().copied().flatten()) {
+            (Some(b), Some(a)) => format!("; stolen by the hypervisor: {:.0}% of one core", 100.0 * (a - b) / wall),
+            _ => String::new(),
+        };
+        println!("    CPU µs per event (share of one core): {}; total {total:.1}{steal}", parts.join(", "));
     }
+}
+
+/// Steal time of the whole machine (all CPUs), in seconds: on a shared host, time our cores waited for others.
+fn steal_secs() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = s.lines().find(|l| l.starts_with("cpu "))?;
+    // cpu user nice system idle iowait irq softirq steal ...
+    Some(cpu.split_whitespace().nth(8)?.parse::<f64>().ok()? / 100.0)
 }
 
 fn median(mut v: Vec<Figures>) -> Option<Figures> {
