@@ -307,14 +307,17 @@ async fn raw_producer(
     Ok(Figures { name: "(a) raw rdkafka producer", events: a.events, elapsed: started.elapsed(), latencies, cpu })
 }
 
-async fn bulk(
-    a: &BenchArgs,
-    meter: &CpuMeter,
-    http: &reqwest::Client,
-    base: &str,
-    key: &str,
-    tenant: &str,
-) -> anyhow::Result<Figures> {
+/// What the HTTP scenarios send with: the client, the server, the key and tenant, and the CPU meter.
+struct Http<'a> {
+    meter: &'a CpuMeter,
+    http: &'a reqwest::Client,
+    base: &'a str,
+    key: &'a str,
+    tenant: &'a str,
+}
+
+async fn bulk(a: &BenchArgs, h: &Http<'_>) -> anyhow::Result<Figures> {
+    let Http { meter, http, base, key, tenant } = *h;
     let bodies: Vec<Vec<u8>> = (0..a.events)
         .collect::<Vec<_>>()
         .chunks(a.bulk_size)
@@ -350,14 +353,8 @@ async fn bulk(
     })
 }
 
-async fn single(
-    a: &BenchArgs,
-    meter: &CpuMeter,
-    http: &reqwest::Client,
-    base: &str,
-    key: &str,
-    tenant: &str,
-) -> anyhow::Result<Figures> {
+async fn single(a: &BenchArgs, h: &Http<'_>) -> anyhow::Result<Figures> {
+    let Http { meter, http, base, key, tenant } = *h;
     let bodies: Vec<Vec<u8>> =
         (0..a.events).map(|i| serde_json::to_vec(&event(tenant, i)).unwrap_or_default()).collect();
     let (cpu, started) = (meter.snapshot(), Instant::now());
@@ -416,7 +413,8 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let producer: FutureProducer =
         KafkaSinkConfig { brokers: a.kafka_brokers.clone(), ..KafkaSinkConfig::default() }.client_config().create()?;
     raw_producer(&BenchArgs { events: 500, ..a.clone() }, &meter, &producer, &raw_topic, &tenant).await?;
-    single(&BenchArgs { events: 500, ..a.clone() }, &meter, &http, &base, &admin, &tenant).await?;
+    let h = Http { meter: &meter, http: &http, base: &base, key: &admin, tenant: &tenant };
+    single(&BenchArgs { events: 500, ..a.clone() }, &h).await?;
     let (mut ras, mut rbs, mut rcs) = (Vec::new(), Vec::new(), Vec::new());
     let want = |c: char| a.scenarios.contains(c);
     for round in 1..=a.rounds.max(1) {
@@ -428,13 +426,13 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
             ras.push(r);
         }
         if want('b') {
-            let r = bulk(&a, &meter, &http, &base, &admin, &tenant).await?;
+            let r = bulk(&a, &h).await?;
             r.print();
             meter.print(&r);
             rbs.push(r);
         }
         if want('c') {
-            let r = single(&a, &meter, &http, &base, &admin, &tenant).await?;
+            let r = single(&a, &h).await?;
             r.print();
             meter.print(&r);
             rcs.push(r);
