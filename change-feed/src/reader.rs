@@ -15,7 +15,7 @@ use azure_data_cosmos_driver::models::{ContinuationToken, FeedRange};
 use futures::StreamExt;
 use producer::metric_names as m;
 use producer::redis_conn::RedisConn;
-use producer::{IngestError, Outcome, Pipeline, RequestContext, Scope};
+use producer::{Document, IngestError, Outcome, Pipeline, RequestContext, Scope};
 use rand::Rng;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -475,7 +475,7 @@ async fn publish(shared: &Shared, mapping: &ContainerMapping, items: Vec<ChangeF
         correlation: None,
         idempotency_key: None,
     };
-    let results = shared.pipeline.ingest_many(events, &ctx).await;
+    let results = shared.pipeline.ingest_many(events.into_iter().map(Document::Value).collect(), &ctx).await;
     let mut retry = None;
     for (r, i) in results.into_iter().zip(from) {
         match r {

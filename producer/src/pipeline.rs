@@ -145,12 +145,6 @@ pub enum Document<'a> {
     Valid { draft: Box<EventDraft>, text: &'a str },
 }
 
-impl From<Value> for Document<'_> {
-    fn from(v: Value) -> Self {
-        Self::Value(v)
-    }
-}
-
 /// An event that passed validation, authorisation and the tenant's filters, ready to be written.
 pub struct Prepared {
     event: Event,
@@ -250,9 +244,9 @@ impl Pipeline {
     }
 
     /// Many events (a bulk request): results in input order. Quotas are taken once per tenant for the request.
-    pub async fn ingest_many<'d, D: Into<Document<'d>>>(
+    pub async fn ingest_many(
         &self,
-        values: Vec<D>,
+        values: Vec<Document<'_>>,
         ctx: &RequestContext<'_>,
     ) -> Vec<Result<Outcome, IngestError>> {
         // A tenant key whose tenant is known to be over quota is refused before any parsing: a flood is cheap.
@@ -272,7 +266,7 @@ impl Pipeline {
         // Every rejection is counted where it happens, against the tenant known at that point.
         let mut stages: Vec<Stage> = values
             .into_iter()
-            .map(|v| match self.prepare(v.into(), ctx, single) {
+            .map(|v| match self.prepare(v, ctx, single) {
                 Ok(p) => Stage::Ready(Box::new(p)),
                 Err(rejected) => {
                     let (e, original) = *rejected;

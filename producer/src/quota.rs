@@ -183,12 +183,12 @@ impl Quotas {
             Err(_) => Default::default(),
         };
         let _one_call = gate.lock().await;
-        if self.take_from_lease(tenant, events, bytes) {
+        // What the lease has now (the call this request waited for may have filled it) goes to this request; a
+        // call takes the rest, and tops the lease up to one lease's worth.
+        let (used, left) = self.take_part_of_lease(tenant, events, bytes);
+        if used == (events, bytes) {
             return QuotaDecision::Allowed;
         }
-        // What the lease still has goes to this request; the call takes the rest, and tops the lease up to one
-        // lease's worth.
-        let (used, left) = self.take_part_of_lease(tenant, events, bytes);
         let cost = (events - used.0, bytes - used.1);
         let want = (cost.0 + ahead_e.saturating_sub(left.0), cost.1 + ahead_b.saturating_sub(left.1));
         let (decision, taken) = self.call(tenant, q, (events, bytes), cost, want).await;
@@ -203,8 +203,9 @@ impl Quotas {
         decision
     }
 
-    /// One call to the buckets: takes `cost` (up to `want`, which is at least `cost`) if both buckets hold the cost. `request` is the whole
-    /// request, for telling an impossible request from one that came too soon. Returns what was taken.
+    /// One call to the buckets: takes `cost` (up to `want`, which is at least `cost`) if both buckets hold the
+    /// cost. `request` is the whole request, for telling an impossible request from one that came too soon.
+    /// Returns what was taken.
     async fn call(
         &self,
         tenant: &TenantId,

@@ -172,8 +172,7 @@ struct Wire<'a> {
 /// [`parse_owned`], which gives the same draft for every document this accepts and reports what is wrong with the
 /// rest.
 pub fn parse_text(text: &str, catalog: &Catalog) -> Option<EventDraft> {
-    // serde reads a struct from an array too (fields in order); an event is an object.
-    if !text.trim_start().starts_with('{') {
+    if !is_object_text(text.as_bytes()) {
         return None;
     }
     let w: Wire<'_> = serde_json::from_str(text).ok()?;
@@ -183,7 +182,7 @@ pub fn parse_text(text: &str, catalog: &Catalog) -> Option<EventDraft> {
     };
     let event_type = EventType::parse(w.event_type)?;
     let short = |s: Option<&str>| match s {
-        Some(s) if s.len() > MAX_SHORT_STRING || s.chars().any(char::is_control) => Err(()),
+        Some(s) if !short_ok(s) => Err(()),
         s => Ok(s.map(str::to_string)),
     };
     let correlation_id = match w.correlation_id {
@@ -204,14 +203,22 @@ pub fn parse_text(text: &str, catalog: &Catalog) -> Option<EventDraft> {
         action: short(w.action).ok()?,
         entity_id: short(w.entity_id).ok()?,
         entity_type: short(w.entity_type).ok()?,
-        data: match data {
-            Value::Object(m) => m,
-            _ => Map::new(),
-        },
+        data: take_object(Some(data)),
         metadata: w.metadata.unwrap_or_default(),
         occurred_at,
         correlation_id,
     })
+}
+
+/// Does this JSON text start as an object? serde also reads a struct from an array (fields in order), so a typed
+/// parse of untrusted text asks this first.
+pub fn is_object_text(text: &[u8]) -> bool {
+    text.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+}
+
+/// `action`, `entityId`, `entityType`: short, and no control characters.
+fn short_ok(s: &str) -> bool {
+    s.len() <= MAX_SHORT_STRING && !s.chars().any(char::is_control)
 }
 
 fn take_object(v: Option<Value>) -> Map<String, Value> {
@@ -352,7 +359,7 @@ fn opt_str<'a>(obj: &'a Map<String, Value>, f: &str, errs: &mut Vec<FieldError>)
 
 fn short_str(obj: &Map<String, Value>, f: &str, errs: &mut Vec<FieldError>) -> Option<String> {
     let s = opt_str(obj, f, errs)?;
-    if s.len() > MAX_SHORT_STRING || s.chars().any(char::is_control) {
+    if !short_ok(s) {
         errs.push(FieldError::new(
             f,
             "invalid_value",

@@ -585,12 +585,7 @@ impl CompiledPolicy {
     }
 
     fn applies_to(&self, event: &Value) -> bool {
-        self.policy.event_types.is_empty()
-            || event
-                .get("eventType")
-                .and_then(Value::as_str)
-                .and_then(EventType::parse)
-                .is_some_and(|t| self.policy.event_types.contains(&t))
+        self.policy.event_types.is_empty() || event_type(event).is_some_and(|t| self.policy.event_types.contains(&t))
     }
 
     /// Every rule's verdict, depth first, for explaining a test evaluation.
@@ -912,13 +907,9 @@ impl PolicySet {
         self.distinct_nodes
     }
 
-    fn event_type(event: &Value) -> Option<EventType> {
-        event.get("eventType").and_then(Value::as_str).and_then(EventType::parse)
-    }
-
     /// The indexes of the policies that apply to the event's type: those indexed for it, then the untyped ones.
     fn candidate_ids<'a>(&'a self, event: &Value) -> impl Iterator<Item = usize> + 'a {
-        let typed: &[usize] = Self::event_type(event).and_then(|t| self.by_type.get(&t)).map_or(&[], Vec::as_slice);
+        let typed: &[usize] = event_type(event).and_then(|t| self.by_type.get(&t)).map_or(&[], Vec::as_slice);
         typed.iter().chain(self.any_type.iter()).copied()
     }
 
@@ -950,13 +941,18 @@ impl PolicySet {
     /// The policies an event matches, in the order of [`Self::candidates`]: the plan of its type, then the plan of
     /// the untyped policies.
     pub fn matching<'a>(&'a self, event: &'a Value) -> impl Iterator<Item = &'a CompiledPolicy> + 'a {
-        let typed = Self::event_type(event).and_then(|t| self.plans.get(&t));
+        let typed = event_type(event).and_then(|t| self.plans.get(&t));
         typed
             .into_iter()
             .chain(std::iter::once(&self.any_type_plan))
             .flat_map(move |plan| plan.matching(event))
             .map(|i| &self.policies[i])
     }
+}
+
+/// The catalog type of an event envelope, when it has one.
+fn event_type(event: &Value) -> Option<EventType> {
+    event.get("eventType").and_then(Value::as_str).and_then(EventType::parse)
 }
 
 /// The JSON object form of a policy document with its id, for API answers.

@@ -54,14 +54,8 @@ pub struct ReadFilter {
 }
 
 impl ReadFilter {
-    fn matches(&self, event: &serde_json::Value) -> bool {
-        let field = |name: &str| event.get(name).and_then(serde_json::Value::as_str);
-        self.event_type.is_none_or(|t| field("eventType") == Some(t.as_str()))
-            && self.source.as_deref().is_none_or(|s| field("source") == Some(s))
-    }
-
-    /// The event of a stream entry when it passes the filter. With a type or source filter, the two fields are
-    /// read first (borrowed, the rest skipped), so that entries filtered out are not parsed whole.
+    /// The event of a stream entry when it passes the filter. A type or source filter reads just those two fields
+    /// (the rest skipped), so that entries filtered out are not parsed whole.
     fn pass(&self, id: &StreamId) -> Option<serde_json::Value> {
         #[derive(serde::Deserialize)]
         struct Kind<'a> {
@@ -72,15 +66,14 @@ impl ReadFilter {
         }
         let bytes = id.get::<Vec<u8>>("event")?;
         if self.event_type.is_some() || self.source.is_some() {
-            if let Ok(k) = serde_json::from_slice::<Kind<'_>>(&bytes) {
-                let type_ok = self.event_type.is_none_or(|t| k.event_type.as_deref() == Some(t.as_str()));
-                if !type_ok || self.source.as_deref().is_some_and(|s| k.source.as_deref() != Some(s)) {
-                    return None;
-                }
+            let k: Kind<'_> = serde_json::from_slice(&bytes).ok()?;
+            let type_ok = self.event_type.is_none_or(|t| k.event_type.as_deref() == Some(t.as_str()));
+            let source_ok = self.source.as_deref().is_none_or(|s| k.source.as_deref() == Some(s));
+            if !(type_ok && source_ok) {
+                return None;
             }
         }
-        let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-        self.matches(&v).then_some(v)
+        serde_json::from_slice(&bytes).ok()
     }
 }
 
@@ -204,14 +197,10 @@ async fn writer(redis: RedisConn, mut rx: mpsc::Receiver<StreamEntry>) {
         // Each tenant's stream key once per batch, with its bounds (the newest entry's config counts).
         let mut streams: HashMap<&TenantId, (String, u64, u64)> = HashMap::new();
         for e in &batch {
-            let key = match streams.get_mut(&e.tenant) {
-                Some(s) => {
-                    (s.1, s.2) = (e.max_len, e.retention_ms);
-                    &s.0
-                }
-                None => &streams.entry(&e.tenant).or_insert((stream_key(&e.tenant), e.max_len, e.retention_ms)).0,
-            };
-            pipe.cmd("XADD").arg(key).arg("*").arg("event").arg(&*e.json).ignore();
+            // Keyed by reference: the entry API allocates only the first time a tenant appears.
+            let s = streams.entry(&e.tenant).or_insert_with(|| (stream_key(&e.tenant), 0, 0));
+            (s.1, s.2) = (e.max_len, e.retention_ms);
+            pipe.cmd("XADD").arg(&s.0).arg("*").arg("event").arg(&*e.json).ignore();
         }
         // Trimmed once per stream and batch, by count and by age, in the same pipeline: a stream is never more
         // than one batch over its bound, and only until the end of this round trip.

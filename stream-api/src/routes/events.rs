@@ -148,9 +148,7 @@ pub async fn bulk(
             })
             .collect()
     } else {
-        // An object only: serde would also read the struct from an array.
-        let object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-        let plain = object
+        let plain = schemas::event::is_object_text(&bytes)
             .then(|| serde_json::from_slice::<BulkText<'_>>(&bytes).ok())
             .flatten()
             .and_then(|b| b.events.iter().map(|raw| pipeline.document(raw.get()).ok()).collect::<Option<Vec<_>>>());
