@@ -531,7 +531,7 @@ impl Pipeline {
             return Prepared { event, cfg, json: Arc::from(&[][..]), dedup_key: None, filtered: Some(reason) };
         }
         // Serialising an `Event` cannot fail: every field is a string, number, map or timestamp.
-        let json: Arc<[u8]> = serde_json::to_vec(&event).unwrap_or_default().into();
+        let json: Arc<[u8]> = event.to_json().unwrap_or_default().into();
         let dedup_key =
             client_id.or_else(|| if single { ctx.idempotency_key.map(|k| format!("hdr:{k}")) } else { None });
         Prepared { event, cfg, json, dedup_key, filtered: None }

@@ -5,6 +5,7 @@
 //! - [`ids`]: validated newtypes (`TenantId`, `EventId`, `TopicName`, `SourceName`).
 //! - [`catalog`]: the event types and known sources, and the JSON Schema of each type's `data`.
 //! - [`event`]: the envelope as stored in Kafka and Redis, and [`event::parse_event`] for untrusted input.
+//! - `encode`: [`Event::to_json`], the envelope's JSON text as the ingest path writes it.
 //! - [`config`]: the per-tenant stream configuration (`PUT /stream-config/{tenant}`).
 //! - [`policy`]: alert policies (rules, groups, templates), their validation and compiled evaluation.
 //! - [`receiver`]: alert receivers (webhook, Slack, PagerDuty, Teams) with secrets that never print.
@@ -13,6 +14,7 @@
 pub mod catalog;
 pub mod cloudevents;
 pub mod config;
+mod encode;
 pub mod event;
 pub mod field;
 pub mod ids;
