@@ -192,19 +192,32 @@ impl RedisStreamSink {
 async fn writer(redis: RedisConn, mut rx: mpsc::Receiver<StreamEntry>) {
     let mut batch = Vec::with_capacity(MAX_PIPELINE);
     while rx.recv_many(&mut batch, MAX_PIPELINE).await > 0 {
-        let mut pipe = redis::pipe();
+        let mut pipe = redis::Pipeline::with_capacity(batch.len() + 2);
         let now_ms = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
-        // Each tenant's stream key once per batch, with its bounds (the newest entry's config counts).
-        let mut streams: HashMap<&TenantId, (String, u64, u64)> = HashMap::new();
+        // Each tenant's stream key once per batch, with its bounds (the newest entry's config counts). A batch
+        // holds runs of one tenant's events (a request's), so the map is asked only when the tenant changes.
+        let mut streams: Vec<(String, u64, u64)> = Vec::new();
+        let mut index: HashMap<&TenantId, usize> = HashMap::new();
+        let mut last: Option<(&TenantId, usize)> = None;
         for e in &batch {
-            // Keyed by reference: the entry API allocates only the first time a tenant appears.
-            let s = streams.entry(&e.tenant).or_insert_with(|| (stream_key(&e.tenant), 0, 0));
+            let at = match last {
+                Some((t, at)) if t == &e.tenant => at,
+                _ => *index.entry(&e.tenant).or_insert_with(|| {
+                    streams.push((stream_key(&e.tenant), 0, 0));
+                    streams.len() - 1
+                }),
+            };
+            last = Some((&e.tenant, at));
+            let s = &mut streams[at];
             (s.1, s.2) = (e.max_len, e.retention_ms);
-            pipe.cmd("XADD").arg(&s.0).arg("*").arg("event").arg(&*e.json).ignore();
+            // Sized up front: one allocation for the command's arguments.
+            let mut c = redis::Cmd::with_capacity(5, s.0.len() + e.json.len() + 16);
+            c.arg("XADD").arg(&s.0).arg("*").arg("event").arg(&*e.json);
+            pipe.add_command(c).ignore();
         }
         // Trimmed once per stream and batch, by count and by age, in the same pipeline: a stream is never more
         // than one batch over its bound, and only until the end of this round trip.
-        for (key, max_len, retention_ms) in streams.values() {
+        for (key, max_len, retention_ms) in &streams {
             pipe.cmd("XTRIM").arg(key).arg("MAXLEN").arg("~").arg(*max_len).ignore();
             pipe.cmd("XTRIM").arg(key).arg("MINID").arg("~").arg(now_ms.saturating_sub(*retention_ms)).ignore();
         }
