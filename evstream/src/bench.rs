@@ -56,6 +56,9 @@ pub(crate) struct Figures {
     latencies: Vec<Duration>,
     /// CPU times when the timed part began (see [`CpuMeter`]).
     cpu: Vec<Option<f64>>,
+    /// For the HTTP scenarios: how long after the last response the Redis window held every event (included in
+    /// `elapsed`).
+    window_lag: Option<Duration>,
 }
 
 impl Figures {
@@ -80,6 +83,52 @@ impl Figures {
             self.pct(0.5),
             self.pct(0.99)
         );
+        if let Some(lag) = self.window_lag {
+            println!("    the Redis window held every event {:.1} ms after the last response", lag.as_secs_f64() * 1e3);
+        }
+    }
+}
+
+/// A tenant's Redis window, watched so that an HTTP scenario ends only when every accepted event is in it. The
+/// server writes the window after the Kafka acknowledgement, so the last response can come before the last
+/// write; stopping the clock there would leave that work out of the figures.
+struct Window {
+    conn: redis::aio::MultiplexedConnection,
+    key: String,
+}
+
+impl Window {
+    async fn open(url: &str, tenant: &str) -> anyhow::Result<Self> {
+        let conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
+        let key = producer::sinks::redis_stream::stream_key(&schemas::TenantId::new(tenant)?);
+        Ok(Self { conn, key })
+    }
+
+    /// Entries ever added to the stream, trimmed or not (`entries-added`, Redis 7); 0 before the first.
+    async fn added(&self) -> anyhow::Result<u64> {
+        let reply: redis::RedisResult<std::collections::HashMap<String, redis::Value>> =
+            redis::cmd("XINFO").arg("STREAM").arg(&self.key).query_async(&mut self.conn.clone()).await;
+        match reply {
+            Ok(info) => {
+                let v = info.get("entries-added").context("XINFO STREAM has no entries-added (Redis 7 or later)")?;
+                Ok(redis::from_redis_value(v)?)
+            }
+            Err(e) if e.to_string().contains("no such key") => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Waits until `n` entries more than `from` were added; how long that took.
+    async fn caught_up(&self, from: u64, n: usize) -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        while self.added().await? < from + n as u64 {
+            anyhow::ensure!(
+                t.elapsed() < Duration::from_secs(60),
+                "the Redis window fell behind by more than a minute"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(t.elapsed())
     }
 }
 
@@ -304,12 +353,20 @@ async fn raw_producer(
         anyhow::ensure!(ok, "raw produce failed");
         latencies.push(l);
     }
-    Ok(Figures { name: "(a) raw rdkafka producer", events: a.events, elapsed: started.elapsed(), latencies, cpu })
+    Ok(Figures {
+        name: "(a) raw rdkafka producer",
+        events: a.events,
+        elapsed: started.elapsed(),
+        latencies,
+        cpu,
+        window_lag: None,
+    })
 }
 
 /// What the HTTP scenarios send with: the client, the server, the key and tenant, and the CPU meter.
 struct Http<'a> {
     meter: &'a CpuMeter,
+    window: &'a Window,
     http: &'a reqwest::Client,
     base: &'a str,
     key: &'a str,
@@ -317,7 +374,7 @@ struct Http<'a> {
 }
 
 async fn bulk(a: &BenchArgs, h: &Http<'_>) -> anyhow::Result<Figures> {
-    let Http { meter, http, base, key, tenant } = *h;
+    let Http { meter, window, http, base, key, tenant } = *h;
     let bodies: Vec<Vec<u8>> = (0..a.events)
         .collect::<Vec<_>>()
         .chunks(a.bulk_size)
@@ -326,6 +383,7 @@ async fn bulk(a: &BenchArgs, h: &Http<'_>) -> anyhow::Result<Figures> {
                 .unwrap_or_default()
         })
         .collect();
+    let before = window.added().await?;
     let (cpu, started) = (meter.snapshot(), Instant::now());
     let mut latencies = Vec::new();
     let mut pending = futures::stream::iter(bodies.iter().map(|b| async move {
@@ -344,19 +402,22 @@ async fn bulk(a: &BenchArgs, h: &Http<'_>) -> anyhow::Result<Figures> {
         anyhow::ensure!(status == 202, "bulk request answered {status}");
         latencies.push(l);
     }
+    let window_lag = Some(window.caught_up(before, a.events).await?);
     Ok(Figures {
         name: "(b) POST /events/bulk (per request)",
         events: a.events,
         elapsed: started.elapsed(),
         latencies,
         cpu,
+        window_lag,
     })
 }
 
 async fn single(a: &BenchArgs, h: &Http<'_>) -> anyhow::Result<Figures> {
-    let Http { meter, http, base, key, tenant } = *h;
+    let Http { meter, window, http, base, key, tenant } = *h;
     let bodies: Vec<Vec<u8>> =
         (0..a.events).map(|i| serde_json::to_vec(&event(tenant, i)).unwrap_or_default()).collect();
+    let before = window.added().await?;
     let (cpu, started) = (meter.snapshot(), Instant::now());
     let mut latencies = Vec::with_capacity(a.events);
     let mut pending = futures::stream::iter(bodies.into_iter().map(|b| async move {
@@ -375,12 +436,14 @@ async fn single(a: &BenchArgs, h: &Http<'_>) -> anyhow::Result<Figures> {
         anyhow::ensure!(status == 202, "single request answered {status}");
         latencies.push(l);
     }
+    let window_lag = Some(window.caught_up(before, a.events).await?);
     Ok(Figures {
         name: "(c) POST /events (one per request)",
         events: a.events,
         elapsed: started.elapsed(),
         latencies,
         cpu,
+        window_lag,
     })
 }
 
@@ -413,7 +476,8 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let producer: FutureProducer =
         KafkaSinkConfig { brokers: a.kafka_brokers.clone(), ..KafkaSinkConfig::default() }.client_config().create()?;
     raw_producer(&BenchArgs { events: 500, ..a.clone() }, &meter, &producer, &raw_topic, &tenant).await?;
-    let h = Http { meter: &meter, http: &http, base: &base, key: &admin, tenant: &tenant };
+    let window = Window::open(&a.redis_url, &tenant).await?;
+    let h = Http { meter: &meter, window: &window, http: &http, base: &base, key: &admin, tenant: &tenant };
     single(&BenchArgs { events: 500, ..a.clone() }, &h).await?;
     let (mut ras, mut rbs, mut rcs) = (Vec::new(), Vec::new(), Vec::new());
     let want = |c: char| a.scenarios.contains(c);
