@@ -47,6 +47,10 @@ pub struct BenchArgs {
     /// Pid of Redis: its CPU per event is printed too.
     #[arg(long)]
     pub redis_pid: Option<u32>,
+    /// A diagnostic: the bench tenant's Redis destination off, to show what the real-time window costs. The
+    /// targets are for the platform as it runs, with the window on.
+    #[arg(long)]
+    pub without_window: bool,
 }
 
 pub(crate) struct Figures {
@@ -366,7 +370,8 @@ async fn raw_producer(
 /// What the HTTP scenarios send with: the client, the server, the key and tenant, and the CPU meter.
 struct Http<'a> {
     meter: &'a CpuMeter,
-    window: &'a Window,
+    /// `None` when the bench tenant has no window (`--without-window`).
+    window: Option<&'a Window>,
     http: &'a reqwest::Client,
     base: &'a str,
     key: &'a str,
@@ -383,7 +388,10 @@ async fn bulk(a: &BenchArgs, h: &Http<'_>) -> anyhow::Result<Figures> {
                 .unwrap_or_default()
         })
         .collect();
-    let before = window.added().await?;
+    let before = match window {
+        Some(w) => w.added().await?,
+        None => 0,
+    };
     let (cpu, started) = (meter.snapshot(), Instant::now());
     let mut latencies = Vec::new();
     let mut pending = futures::stream::iter(bodies.iter().map(|b| async move {
@@ -402,7 +410,10 @@ async fn bulk(a: &BenchArgs, h: &Http<'_>) -> anyhow::Result<Figures> {
         anyhow::ensure!(status == 202, "bulk request answered {status}");
         latencies.push(l);
     }
-    let window_lag = Some(window.caught_up(before, a.events).await?);
+    let window_lag = match window {
+        Some(w) => Some(w.caught_up(before, a.events).await?),
+        None => None,
+    };
     Ok(Figures {
         name: "(b) POST /events/bulk (per request)",
         events: a.events,
@@ -417,7 +428,10 @@ async fn single(a: &BenchArgs, h: &Http<'_>) -> anyhow::Result<Figures> {
     let Http { meter, window, http, base, key, tenant } = *h;
     let bodies: Vec<Vec<u8>> =
         (0..a.events).map(|i| serde_json::to_vec(&event(tenant, i)).unwrap_or_default()).collect();
-    let before = window.added().await?;
+    let before = match window {
+        Some(w) => w.added().await?,
+        None => 0,
+    };
     let (cpu, started) = (meter.snapshot(), Instant::now());
     let mut latencies = Vec::with_capacity(a.events);
     let mut pending = futures::stream::iter(bodies.into_iter().map(|b| async move {
@@ -436,7 +450,10 @@ async fn single(a: &BenchArgs, h: &Http<'_>) -> anyhow::Result<Figures> {
         anyhow::ensure!(status == 202, "single request answered {status}");
         latencies.push(l);
     }
-    let window_lag = Some(window.caught_up(before, a.events).await?);
+    let window_lag = match window {
+        Some(w) => Some(w.caught_up(before, a.events).await?),
+        None => None,
+    };
     Ok(Figures {
         name: "(c) POST /events (one per request)",
         events: a.events,
@@ -460,6 +477,14 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let http = reqwest::Client::builder().pool_max_idle_per_host(a.concurrency.max(a.bulk_concurrency)).build()?;
     // The default per-tenant quota would cap the measurement; lift it for the bench tenant (admin only).
     server.tenant(&http, &tenant, 10_000_000).await?;
+    if a.without_window {
+        // The whole config again (a PUT replaces it): the lifted quota, and Kafka alone as destination.
+        let cfg = json!({"quota": {"eventsPerSecond": 10_000_000, "bytesPerSecond": 10_000_000_000u64},
+                         "destinations": [{"type": "kafka"}, {"type": "redis", "enabled": false}]});
+        let r = http.put(format!("{base}/stream-config/{tenant}")).bearer_auth(&admin).json(&cfg).send().await?;
+        anyhow::ensure!(r.status() == 200, "turning the window off answered {}", r.status());
+        println!("diagnostic run: the bench tenant has no Redis window (--without-window)");
+    }
     let rss_idle = peak_rss_mb(pid);
     let mut procs = vec![("server", pid), ("client", std::process::id())];
     procs.extend(a.broker_pid.map(|p| ("broker", p)));
@@ -476,8 +501,8 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let producer: FutureProducer =
         KafkaSinkConfig { brokers: a.kafka_brokers.clone(), ..KafkaSinkConfig::default() }.client_config().create()?;
     raw_producer(&BenchArgs { events: 500, ..a.clone() }, &meter, &producer, &raw_topic, &tenant).await?;
-    let window = Window::open(&a.redis_url, &tenant).await?;
-    let h = Http { meter: &meter, window: &window, http: &http, base: &base, key: &admin, tenant: &tenant };
+    let window = if a.without_window { None } else { Some(Window::open(&a.redis_url, &tenant).await?) };
+    let h = Http { meter: &meter, window: window.as_ref(), http: &http, base: &base, key: &admin, tenant: &tenant };
     single(&BenchArgs { events: 500, ..a.clone() }, &h).await?;
     let (mut ras, mut rbs, mut rcs) = (Vec::new(), Vec::new(), Vec::new());
     let want = |c: char| a.scenarios.contains(c);
