@@ -93,39 +93,31 @@ impl Figures {
     }
 }
 
-/// A tenant's Redis window, watched so that an HTTP scenario ends only when every accepted event is in it. The
+/// The server's Redis window, watched so that an HTTP scenario ends only when every accepted event is in it. The
 /// server writes the window after the Kafka acknowledgement, so the last response can come before the last
-/// write; stopping the clock there would leave that work out of the figures.
+/// write; stopping the clock there would leave that work out of the figures. It reads the server's own count of
+/// events written to Redis (`evstream_redis_stream_writes_total{result="ok"}` on `/metrics`).
 struct Window {
-    conn: redis::aio::MultiplexedConnection,
-    key: String,
+    http: reqwest::Client,
+    metrics: String,
 }
 
 impl Window {
-    async fn open(url: &str, tenant: &str) -> anyhow::Result<Self> {
-        let conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
-        let key = producer::sinks::redis_stream::stream_key(&schemas::TenantId::new(tenant)?);
-        Ok(Self { conn, key })
+    fn new(http: &reqwest::Client, base: &str) -> Self {
+        Self { http: http.clone(), metrics: format!("{base}/metrics") }
     }
 
-    /// Entries ever added to the stream, trimmed or not (`entries-added`, Redis 7); 0 before the first.
-    async fn added(&self) -> anyhow::Result<u64> {
-        let reply: redis::RedisResult<std::collections::HashMap<String, redis::Value>> =
-            redis::cmd("XINFO").arg("STREAM").arg(&self.key).query_async(&mut self.conn.clone()).await;
-        match reply {
-            Ok(info) => {
-                let v = info.get("entries-added").context("XINFO STREAM has no entries-added (Redis 7 or later)")?;
-                Ok(redis::from_redis_value(v)?)
-            }
-            Err(e) if e.to_string().contains("no such key") => Ok(0),
-            Err(e) => Err(e.into()),
-        }
+    /// Events the server has written to Redis so far.
+    async fn written(&self) -> anyhow::Result<u64> {
+        let text = self.http.get(&self.metrics).send().await?.error_for_status()?.text().await?;
+        let line = text.lines().find(|l| l.starts_with("evstream_redis_stream_writes_total{result=\"ok\"}"));
+        Ok(line.and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) as u64)
     }
 
-    /// Waits until `n` entries more than `from` were added; how long that took.
+    /// Waits until `n` events more than `from` were written; how long that took.
     async fn caught_up(&self, from: u64, n: usize) -> anyhow::Result<Duration> {
         let t = Instant::now();
-        while self.added().await? < from + n as u64 {
+        while self.written().await? < from + n as u64 {
             anyhow::ensure!(
                 t.elapsed() < Duration::from_secs(60),
                 "the Redis window fell behind by more than a minute"
@@ -389,7 +381,7 @@ async fn bulk(a: &BenchArgs, h: &Http<'_>) -> anyhow::Result<Figures> {
         })
         .collect();
     let before = match window {
-        Some(w) => w.added().await?,
+        Some(w) => w.written().await?,
         None => 0,
     };
     let (cpu, started) = (meter.snapshot(), Instant::now());
@@ -429,7 +421,7 @@ async fn single(a: &BenchArgs, h: &Http<'_>) -> anyhow::Result<Figures> {
     let bodies: Vec<Vec<u8>> =
         (0..a.events).map(|i| serde_json::to_vec(&event(tenant, i)).unwrap_or_default()).collect();
     let before = match window {
-        Some(w) => w.added().await?,
+        Some(w) => w.written().await?,
         None => 0,
     };
     let (cpu, started) = (meter.snapshot(), Instant::now());
@@ -501,7 +493,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let producer: FutureProducer =
         KafkaSinkConfig { brokers: a.kafka_brokers.clone(), ..KafkaSinkConfig::default() }.client_config().create()?;
     raw_producer(&BenchArgs { events: 500, ..a.clone() }, &meter, &producer, &raw_topic, &tenant).await?;
-    let window = if a.without_window { None } else { Some(Window::open(&a.redis_url, &tenant).await?) };
+    let window = if a.without_window { None } else { Some(Window::new(&http, &base)) };
     let h = Http { meter: &meter, window: window.as_ref(), http: &http, base: &base, key: &admin, tenant: &tenant };
     single(&BenchArgs { events: 500, ..a.clone() }, &h).await?;
     let (mut ras, mut rbs, mut rcs) = (Vec::new(), Vec::new(), Vec::new());

@@ -233,6 +233,82 @@ async fn recent_events_filters() {
     assert_eq!(r.body["errors"][0]["field"], "limit");
 }
 
+/// The window stores a bulk request's events as batches of up to 64 per stream entry, and reads them back one by
+/// one: newest first across entries, with filters and `limit` counting events, alongside an entry of one event in
+/// the layout from before batches (field `event`). The live tail unpacks a batch in order.
+#[tokio::test]
+async fn window_entries_are_batches_read_event_by_event() {
+    let app = TestApp::start().await;
+    let (tenant, key) = app.tenant().await;
+    let stream = format!("evstream:{tenant}:events");
+    let mut conn = redis::Client::open(testkit::redis_url())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    // An entry as instances before batches wrote it.
+    let old = json!({"id": "0192f0a0-0000-7000-8000-000000000001", "tenantId": tenant, "eventType": "USER_ACTION",
+                     "source": "FRONTEND_APP", "data": {}, "metadata": {}, "occurredAt": "2026-01-01T00:00:00Z",
+                     "receivedAt": "2026-01-01T00:00:00Z", "schemaVersion": "1.0", "correlationId": "c"});
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("event")
+        .arg(old.to_string())
+        .query_async(&mut conn)
+        .await
+        .expect("xadd");
+
+    let base = app.serve().await;
+    let http = testkit::http();
+    let mut sse = http.get(format!("{base}/events/{tenant}/stream")).bearer_auth(&key).send().await.expect("sse");
+    assert_eq!(sse.status(), 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let events: Vec<Value> = (0..100)
+        .map(|i| {
+            let mut e = event(&tenant);
+            e["entityId"] = json!(format!("risk-{i}"));
+            if i % 10 == 0 {
+                e["eventType"] = json!("USER_ACTION");
+                e["data"] = json!({});
+            }
+            e
+        })
+        .collect();
+    let r = app.post("/events/bulk", &key, &json!({ "events": events })).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+
+    let all = app.wait_redis(&tenant, &key, |e| e.len() == 101).await;
+    assert_eq!(all.len(), 101);
+    let ids: Vec<&str> = all.iter().map(|e| e["entityId"].as_str().unwrap_or("old")).collect();
+    let want: Vec<String> = (0..100).rev().map(|i| format!("risk-{i}")).chain(["old".to_string()]).collect();
+    assert_eq!(ids, want, "newest first, across entries");
+    let entries: u64 = redis::cmd("XLEN").arg(&stream).query_async(&mut conn).await.expect("xlen");
+    assert_eq!(entries, 3, "one old entry and two batches (64 + 36)");
+    let q = |qs: &str| format!("/events/{tenant}?{qs}");
+    let r = app.get(&q("eventType=USER_ACTION"), &key).await;
+    assert_eq!(r.body["count"], 11, "ten from the batches and the old one");
+    let r = app.get(&q("limit=70"), &key).await;
+    assert_eq!(r.body["count"], 70);
+    assert_eq!(r.body["events"][69]["entityId"], "risk-30", "a limit that ends inside an entry");
+
+    let mut buf = String::new();
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(chunk) = sse.chunk().await.expect("chunk") {
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            if buf.matches("event: event").count() >= 100 {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(got, Ok(true), "{buf}");
+    let order: Vec<usize> = (0..100).filter_map(|i| buf.find(&format!("\"risk-{i}\""))).collect();
+    assert_eq!(order.len(), 100);
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "the tail keeps the batch's order");
+}
+
 /// The live tail over a real socket delivers an event posted after it opened, and Prometheus metrics and the
 /// per-tenant metrics count it.
 #[tokio::test]

@@ -137,8 +137,9 @@ async fn a_second_instance_sees_a_put_to_the_first() {
     let _ = ADMIN;
 }
 
-/// A tenant's `maxLen` bounds its Redis window: after 1,200 events with `maxLen` 100, the stream holds about 100
-/// (Redis trims whole nodes of up to 100 entries, so "about" means fewer than 300), and the newest are kept.
+/// A tenant's `maxLen` bounds its Redis window: after 1,200 events with `maxLen` 100, the window holds at least
+/// 100 events and fewer than 100 plus one stream entry's worth (64), the newest ones, and the stream's entries
+/// hold exactly what its count says.
 #[tokio::test]
 async fn max_len_bounds_the_redis_window() {
     let app = TestApp::start().await;
@@ -164,13 +165,24 @@ async fn max_len_bounds_the_redis_window() {
     let stream = format!("evstream:{tenant}:events");
     let deadline = Instant::now() + WAIT;
     loop {
-        let newest = app.get(&format!("/events/{tenant}?limit=1"), &key).await.body["events"][0]["id"].clone();
-        let len: u64 = redis::cmd("XLEN").arg(&stream).query_async(&mut conn).await.expect("xlen");
-        if newest == last.as_str() {
-            assert!((100..300).contains(&len), "{len} entries kept with maxLen 100");
+        let r = app.get(&format!("/events/{tenant}?limit=1000"), &key).await;
+        let events = r.body["events"].as_array().cloned().unwrap_or_default();
+        if events.first().map(|e| e["id"].clone()) == Some(json!(last)) {
+            assert!((100..164).contains(&events.len()), "{} events kept with maxLen 100", events.len());
+            // Newest first, and the newest of all: the last bulk's tail.
+            let ids: Vec<&str> = events.iter().filter_map(|e| e["entityId"].as_str()).collect();
+            assert_eq!(ids[0], "risk-2-399");
+            assert_eq!(ids[1], "risk-2-398");
+            let entries: Vec<(String, Vec<(String, String)>)> =
+                redis::cmd("XRANGE").arg(&stream).arg("-").arg("+").query_async(&mut conn).await.expect("xrange");
+            let sizes: u64 =
+                entries.iter().filter_map(|(_, f)| f.iter().find(|(k, _)| k == "n")?.1.parse::<u64>().ok()).sum();
+            let count: u64 =
+                redis::cmd("GET").arg(format!("{stream}:count")).query_async(&mut conn).await.expect("count");
+            assert_eq!((sizes, count), (events.len() as u64, events.len() as u64));
             break;
         }
-        assert!(Instant::now() < deadline, "the newest event never reached Redis ({len} entries)");
+        assert!(Instant::now() < deadline, "the newest event never reached Redis ({} events)", events.len());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

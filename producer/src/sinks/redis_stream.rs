@@ -1,8 +1,13 @@
 //! The Redis Streams sink: the real-time window of each tenant, one stream per tenant
 //! (`evstream:{tenant}:events`). Writes happen after the Kafka ack on a background task that drains a bounded
-//! queue and pipelines `XADD` for a whole batch in one round trip, then trims each stream once by count
-//! (`MAXLEN ~`, from the tenant's config) and by age (`MINID ~`, from its `retentionDays`). Reads (`XREVRANGE`)
-//! and live tails (`XREAD BLOCK`) serve the HTTP API.
+//! queue. Each stream entry is a batch: up to [`MAX_ENTRY_EVENTS`] of a tenant's events from one write, as a JSON
+//! array (field `events`) with their count (field `n`), the way a Kafka record batch carries records. One `XADD`
+//! per batch instead of per event is what makes the window cheap: Redis spends about the same on an entry of one
+//! event as on one of sixty-four. A small Lua script adds the entry and trims the stream from its oldest entries,
+//! by age (`retentionDays`) and by count (`maxLen` events, kept in `evstream:{tenant}:events:count`), so the window
+//! holds at least `maxLen` events and fewer than `maxLen + MAX_ENTRY_EVENTS`. All of a batch's entries travel in
+//! one pipeline. Reads (`XREVRANGE`) and live tails (`XREAD BLOCK`) unpack the entries, newest or oldest first;
+//! they also read entries of one event (field `event`), the layout before batches.
 
 use crate::metric_names as m;
 use crate::redis_conn::RedisConn;
@@ -10,12 +15,50 @@ use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use redis::AsyncCommands;
 use schemas::{EventType, TenantId};
 use std::collections::HashMap;
+use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// Most entries one pipeline carries.
-const MAX_PIPELINE: usize = 512;
+/// Most events one pipeline carries.
+const MAX_PIPELINE: usize = 1024;
+
+/// Most events in one stream entry. It bounds how far the window may exceed `maxLen`, and how much a read of the
+/// newest event parses.
+pub const MAX_ENTRY_EVENTS: usize = 64;
+
+/// Trims a tenant's window, run once per stream and write batch after its entries are added. KEYS: the stream,
+/// the sizes of its entries (a list, oldest first: each `XADD` is followed by an `RPUSH` of its event count), and
+/// the events it holds. ARGV: `maxLen`, the oldest entry time kept by age (ms). First by age, exactly; the list
+/// gives back the sizes of the entries that went. Then by count: the oldest entries go while the rest hold
+/// `maxLen` events or more; the newest entry always stays. Entries without a size (one event each, from before
+/// batches) count as one. Its arguments are small on purpose: Redis copies every script argument into Lua, and
+/// an event batch would cost more there than the `XADD` itself.
+const TRIM: &str = r"
+redis.call('XTRIM', KEYS[1], 'MINID', ARGV[2])
+local len = redis.call('XLEN', KEYS[1])
+local total = tonumber(redis.call('GET', KEYS[3])) or 0
+local sizes = redis.call('LLEN', KEYS[2])
+while sizes > len do
+  total = total - (tonumber(redis.call('LPOP', KEYS[2])) or 1)
+  sizes = sizes - 1
+end
+if sizes < len then
+  for i = 1, len - sizes do redis.call('LPUSH', KEYS[2], 1) end
+  total = total + len - sizes
+end
+local max_len, drop = tonumber(ARGV[1]), 0
+while drop < len - 1 do
+  local n = tonumber(redis.call('LINDEX', KEYS[2], 0)) or 1
+  if total - n < max_len then break end
+  redis.call('LPOP', KEYS[2])
+  total, drop = total - n, drop + 1
+end
+if drop > 0 then redis.call('XTRIM', KEYS[1], 'MAXLEN', len - drop) end
+if total < 0 then total = 0 end
+redis.call('SET', KEYS[3], total)
+return total
+";
 
 #[derive(Debug, Clone)]
 pub struct RedisStreamSinkConfig {
@@ -54,9 +97,9 @@ pub struct ReadFilter {
 }
 
 impl ReadFilter {
-    /// The event of a stream entry when it passes the filter. A type or source filter reads just those two fields
-    /// (the rest skipped), so that entries filtered out are not parsed whole.
-    fn pass(&self, id: &StreamId) -> Option<serde_json::Value> {
+    /// The event when it passes the filter. A type or source filter reads just those two fields (the rest
+    /// skipped), so that events filtered out are not parsed whole.
+    fn pass(&self, text: &str) -> Option<serde_json::Value> {
         #[derive(serde::Deserialize)]
         struct Kind<'a> {
             #[serde(rename = "eventType", borrow)]
@@ -64,21 +107,51 @@ impl ReadFilter {
             #[serde(borrow)]
             source: Option<std::borrow::Cow<'a, str>>,
         }
-        let bytes = id.get::<Vec<u8>>("event")?;
         if self.event_type.is_some() || self.source.is_some() {
-            let k: Kind<'_> = serde_json::from_slice(&bytes).ok()?;
+            let k: Kind<'_> = serde_json::from_str(text).ok()?;
             let type_ok = self.event_type.is_none_or(|t| k.event_type.as_deref() == Some(t.as_str()));
             let source_ok = self.source.as_deref().is_none_or(|s| k.source.as_deref() == Some(s));
             if !(type_ok && source_ok) {
                 return None;
             }
         }
-        serde_json::from_slice(&bytes).ok()
+        serde_json::from_str(text).ok()
+    }
+}
+
+/// Calls `f` with the text of each event of a stream entry, oldest first (`rev`: newest first), until it returns
+/// `false`. An entry is a batch (`events`) or, from before batches, one event (`event`); anything else holds none.
+fn each_event(id: &StreamId, rev: bool, mut f: impl FnMut(&str) -> bool) {
+    if let Some(bytes) = id.get::<Vec<u8>>("events") {
+        let Ok(events) = serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(&bytes) else { return };
+        let texts = events.iter().map(|e| e.get());
+        if rev {
+            for t in texts.rev() {
+                if !f(t) {
+                    return;
+                }
+            }
+        } else {
+            for t in texts {
+                if !f(t) {
+                    return;
+                }
+            }
+        }
+    } else if let Some(bytes) = id.get::<Vec<u8>>("event") {
+        if let Ok(t) = std::str::from_utf8(&bytes) {
+            f(t);
+        }
     }
 }
 
 pub fn stream_key(tenant: &TenantId) -> String {
     format!("evstream:{tenant}:events")
+}
+
+/// How many events a tenant's window holds, and the size of each of its entries (kept by the writer).
+fn count_keys(tenant: &TenantId) -> (String, String) {
+    (format!("evstream:{tenant}:events:count"), format!("evstream:{tenant}:events:sizes"))
 }
 
 impl RedisStreamSinkConfig {
@@ -105,8 +178,8 @@ impl RedisStreamSink {
         Ok(self.redis.ping().await?)
     }
 
-    /// Newest first, up to `limit` entries that pass `filter`. Scans at most `limit * 20` entries so that a rare
-    /// filter cannot turn one request into a full scan.
+    /// Newest first, up to `limit` events that pass `filter`. Looks at most `limit * 20` events (at least 1,000)
+    /// so that a rare filter cannot turn one request into a full scan.
     pub async fn read(
         &self,
         tenant: &TenantId,
@@ -118,22 +191,28 @@ impl RedisStreamSink {
         let mut out = Vec::with_capacity(limit.min(1000));
         let mut end = "+".to_string();
         let start = filter.since_ms.map(|ms| ms.to_string()).unwrap_or_else(|| "-".into());
-        let page = limit.clamp(10, 1000);
+        // Entries hold up to `MAX_ENTRY_EVENTS` events: a page of entries for about `limit` events when full.
+        let page = limit.div_ceil(16).clamp(4, 100);
         let mut budget = limit.saturating_mul(20).max(1000);
         loop {
             let reply: Result<StreamRangeReply, _> = conn.xrevrange_count(&key, &end, &start, page).await;
             self.redis.observe(&reply);
             let reply = reply?;
             let n = reply.ids.len();
-            for v in reply.ids.iter().filter_map(|id| filter.pass(id)) {
-                out.push(v);
-                if out.len() >= limit {
+            for id in &reply.ids {
+                each_event(id, true, |text| {
+                    budget = budget.saturating_sub(1);
+                    if let Some(v) = filter.pass(text) {
+                        out.push(v);
+                    }
+                    out.len() < limit && budget > 0
+                });
+                if out.len() >= limit || budget == 0 {
                     return Ok(out);
                 }
             }
-            budget = budget.saturating_sub(n);
             match reply.ids.last() {
-                Some(last) if n == page && budget > 0 => end = format!("({}", last.id),
+                Some(last) if n == page => end = format!("({}", last.id),
                 _ => return Ok(out),
             }
         }
@@ -173,7 +252,12 @@ impl RedisStreamSink {
                 for k in reply.keys {
                     for id in k.ids {
                         last = id.id.clone();
-                        if let Some(v) = filter.pass(&id) {
+                        let mut passed = Vec::new();
+                        each_event(&id, false, |text| {
+                            passed.extend(filter.pass(text));
+                            true
+                        });
+                        for v in passed {
                             if tx.send(v).await.is_err() {
                                 return;
                             }
@@ -186,45 +270,84 @@ impl RedisStreamSink {
     }
 }
 
-/// Drains the queue in batches; one pipeline per batch. A batch that fails is retried, with backoff, until
-/// Redis takes it: while Redis is away the bounded queue fills (the window catches up when Redis is back), and
-/// beyond the queue's capacity new entries are dropped and counted (`result="dropped"`): that is the gap.
+/// An error that the same commands would meet again: Redis answered, and said no.
+fn refused(e: &redis::RedisError) -> bool {
+    use redis::ErrorKind as K;
+    matches!(e.kind(), K::ResponseError | K::TypeError | K::ExtensionError | K::ExecAbortError)
+}
+
+/// Events as one JSON array, written straight into the command: their texts joined by commas.
+struct JsonArray<'a>(&'a [&'a [u8]]);
+
+impl redis::ToRedisArgs for JsonArray<'_> {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        let mut w = out.writer_for_next_arg();
+        w.write_all(b"[").ok();
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                w.write_all(b",").ok();
+            }
+            w.write_all(e).ok();
+        }
+        w.write_all(b"]").ok();
+    }
+}
+
+/// Drains the queue in batches; one pipeline per batch, with one entry per tenant and [`MAX_ENTRY_EVENTS`]
+/// events. A batch that fails is retried, with backoff, until Redis takes it: while Redis is away the bounded
+/// queue fills (the window catches up when Redis is back), and beyond the queue's capacity new entries are dropped
+/// and counted (`result="dropped"`): that is the gap.
 async fn writer(redis: RedisConn, mut rx: mpsc::Receiver<StreamEntry>) {
     let mut batch = Vec::with_capacity(MAX_PIPELINE);
     while rx.recv_many(&mut batch, MAX_PIPELINE).await > 0 {
-        let mut pipe = redis::Pipeline::with_capacity(batch.len() + 2);
         let now_ms = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
-        // Each tenant's stream key once per batch, with its bounds (the newest entry's config counts). A batch
-        // holds runs of one tenant's events (a request's), so the map is asked only when the tenant changes.
-        let mut streams: Vec<(String, u64, u64)> = Vec::new();
+        // Each tenant's events in order, with its bounds (the newest event's config counts). A batch holds runs
+        // of one tenant's events (a request's), so the map is asked only when the tenant changes.
+        let mut streams: Vec<(&TenantId, Vec<&[u8]>, u64, u64)> = Vec::new();
         let mut index: HashMap<&TenantId, usize> = HashMap::new();
         let mut last: Option<(&TenantId, usize)> = None;
         for e in &batch {
             let at = match last {
                 Some((t, at)) if t == &e.tenant => at,
                 _ => *index.entry(&e.tenant).or_insert_with(|| {
-                    streams.push((stream_key(&e.tenant), 0, 0));
+                    streams.push((&e.tenant, Vec::new(), 0, 0));
                     streams.len() - 1
                 }),
             };
             last = Some((&e.tenant, at));
             let s = &mut streams[at];
-            (s.1, s.2) = (e.max_len, e.retention_ms);
-            // Sized up front: one allocation for the command's arguments.
-            let mut c = redis::Cmd::with_capacity(5, s.0.len() + e.json.len() + 16);
-            c.arg("XADD").arg(&s.0).arg("*").arg("event").arg(&*e.json);
-            pipe.add_command(c).ignore();
+            s.1.push(&e.json);
+            (s.2, s.3) = (e.max_len, e.retention_ms);
         }
-        // Trimmed once per stream and batch, by count and by age, in the same pipeline: a stream is never more
-        // than one batch over its bound, and only until the end of this round trip.
-        for (key, max_len, retention_ms) in &streams {
-            pipe.cmd("XTRIM").arg(key).arg("MAXLEN").arg("~").arg(*max_len).ignore();
-            pipe.cmd("XTRIM").arg(key).arg("MINID").arg("~").arg(now_ms.saturating_sub(*retention_ms)).ignore();
+        let mut pipe = redis::pipe();
+        for (tenant, events, max_len, retention_ms) in &streams {
+            let key = stream_key(tenant);
+            let (count, sizes) = count_keys(tenant);
+            for chunk in events.chunks(MAX_ENTRY_EVENTS) {
+                let len = chunk.iter().map(|e| e.len() + 1).sum::<usize>() + 1;
+                let mut c = redis::Cmd::with_capacity(7, key.len() + len + 32);
+                c.arg("XADD").arg(&key).arg("*").arg("n").arg(chunk.len()).arg("events");
+                c.arg(JsonArray(chunk));
+                pipe.add_command(c).ignore();
+                pipe.cmd("RPUSH").arg(&sizes).arg(chunk.len()).ignore();
+                pipe.cmd("INCRBY").arg(&count).arg(chunk.len()).ignore();
+            }
+            pipe.cmd("EVAL").arg(TRIM).arg(3).arg(&key).arg(&sizes).arg(&count);
+            pipe.arg(*max_len).arg(now_ms.saturating_sub(*retention_ms)).ignore();
         }
         let mut delay = Duration::from_millis(100);
-        loop {
+        let written = loop {
             match redis.query::<()>(&pipe).await {
-                Ok(()) => break,
+                Ok(()) => break true,
+                // Redis refused a command (a key of another type, out of memory, a script error): sending the
+                // batch again would add its entries again. It is left out of the window, counted; Kafka has it.
+                Err(e) if refused(&e) => {
+                    metrics::counter!(m::REDIS_STREAM_WRITES_TOTAL, "result" => "dropped")
+                        .increment(batch.len() as u64);
+                    tracing::warn!(error = %e, events = batch.len(), "redis refused a window write; left out of the window");
+                    break false;
+                }
+                // Redis away, slow or loading: the same batch again, until it is back.
                 Err(e) => {
                     metrics::counter!(m::REDIS_STREAM_WRITES_TOTAL, "result" => "error").increment(batch.len() as u64);
                     tracing::debug!(error = %e, "redis stream write failed; retrying");
@@ -232,8 +355,10 @@ async fn writer(redis: RedisConn, mut rx: mpsc::Receiver<StreamEntry>) {
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }
             }
+        };
+        if written {
+            metrics::counter!(m::REDIS_STREAM_WRITES_TOTAL, "result" => "ok").increment(batch.len() as u64);
         }
-        metrics::counter!(m::REDIS_STREAM_WRITES_TOTAL, "result" => "ok").increment(batch.len() as u64);
         batch.clear();
     }
 }
