@@ -283,14 +283,30 @@ async fn window_entries_are_batches_read_event_by_event() {
     let ids: Vec<&str> = all.iter().map(|e| e["entityId"].as_str().unwrap_or("old")).collect();
     let want: Vec<String> = (0..100).rev().map(|i| format!("risk-{i}")).chain(["old".to_string()]).collect();
     assert_eq!(ids, want, "newest first, across entries");
-    let entries: u64 = redis::cmd("XLEN").arg(&stream).query_async(&mut conn).await.expect("xlen");
-    assert_eq!(entries, 3, "one old entry and two batches (64 + 36)");
+    // Batches of at most 64 after the old entry, which the writer gave a size of one; the count is their sum.
+    let sizes: Vec<u64> =
+        redis::cmd("LRANGE").arg(format!("{stream}:sizes")).arg(0).arg(-1).query_async(&mut conn).await.expect("sizes");
+    assert_eq!(sizes.first(), Some(&1), "{sizes:?}");
+    assert!(sizes.iter().skip(1).all(|n| (1..=64).contains(n)), "{sizes:?}");
+    assert_eq!(sizes.iter().sum::<u64>(), 101);
+    let count: u64 = redis::cmd("GET").arg(format!("{stream}:count")).query_async(&mut conn).await.expect("count");
+    assert_eq!(count, 101);
     let q = |qs: &str| format!("/events/{tenant}?{qs}");
-    let r = app.get(&q("eventType=USER_ACTION"), &key).await;
-    assert_eq!(r.body["count"], 11, "ten from the batches and the old one");
     let r = app.get(&q("limit=70"), &key).await;
     assert_eq!(r.body["count"], 70);
     assert_eq!(r.body["events"][69]["entityId"], "risk-30", "a limit that ends inside an entry");
+    // More entries than one page of a small read (four entries): the scan pages back to the oldest entry.
+    for i in 100..106 {
+        let mut e = event(&tenant);
+        e["entityId"] = json!(format!("risk-{i}"));
+        assert_eq!(app.post("/events", &key, &e).await.status, StatusCode::ACCEPTED);
+        app.wait_redis(&tenant, &key, |evs| evs.len() == i - 100 + 102).await;
+    }
+    let entries: u64 = redis::cmd("XLEN").arg(&stream).query_async(&mut conn).await.expect("xlen");
+    assert!(entries >= 8, "{entries} entries");
+    let r = app.get(&q("eventType=USER_ACTION&limit=11"), &key).await;
+    assert_eq!(r.body["count"], 11, "ten from the batches and the old one, across pages: {:?}", r.body);
+    assert_eq!(r.body["events"][10]["id"], old["id"]);
 
     let mut buf = String::new();
     let got = tokio::time::timeout(Duration::from_secs(10), async {

@@ -3,11 +3,13 @@
 //! queue. Each stream entry is a batch: up to [`MAX_ENTRY_EVENTS`] of a tenant's events from one write, as a JSON
 //! array (field `events`) with their count (field `n`), the way a Kafka record batch carries records. One `XADD`
 //! per batch instead of per event is what makes the window cheap: Redis spends about the same on an entry of one
-//! event as on one of sixty-four. A small Lua script adds the entry and trims the stream from its oldest entries,
-//! by age (`retentionDays`) and by count (`maxLen` events, kept in `evstream:{tenant}:events:count`), so the window
-//! holds at least `maxLen` events and fewer than `maxLen + MAX_ENTRY_EVENTS`. All of a batch's entries travel in
-//! one pipeline. Reads (`XREVRANGE`) and live tails (`XREAD BLOCK`) unpack the entries, newest or oldest first;
-//! they also read entries of one event (field `event`), the layout before batches.
+//! event as on one of sixty-four. Beside the stream, `evstream:{tenant}:events:sizes` lists each entry's size,
+//! oldest first, and `evstream:{tenant}:events:count` the events the window holds. A write batch is one
+//! transaction (`MULTI`/`EXEC`): each `XADD` with its `RPUSH` and `INCRBY`, then a small Lua script per stream
+//! ([`TRIM`]) that trims by age (`retentionDays`) and by count (`maxLen` events), so that the window of a single
+//! writer holds at least `maxLen` of the events within its retention, and fewer than `maxLen + MAX_ENTRY_EVENTS`.
+//! Reads (`XREVRANGE`) and live tails (`XREAD BLOCK`) unpack the entries, newest or oldest first; they also read
+//! entries of one event (field `event`), the layout before batches.
 
 use crate::metric_names as m;
 use crate::redis_conn::RedisConn;
@@ -28,24 +30,37 @@ const MAX_PIPELINE: usize = 1024;
 pub const MAX_ENTRY_EVENTS: usize = 64;
 
 /// Trims a tenant's window, run once per stream and write batch after its entries are added. KEYS: the stream,
-/// the sizes of its entries (a list, oldest first: each `XADD` is followed by an `RPUSH` of its event count), and
-/// the events it holds. ARGV: `maxLen`, the oldest entry time kept by age (ms). First by age, exactly; the list
-/// gives back the sizes of the entries that went. Then by count: the oldest entries go while the rest hold
-/// `maxLen` events or more; the newest entry always stays. Entries without a size (one event each, from before
-/// batches) count as one. Its arguments are small on purpose: Redis copies every script argument into Lua, and
-/// an event batch would cost more there than the `XADD` itself.
+/// the sizes of its entries (a list, oldest first), and the events it holds. ARGV: `maxLen`, the oldest entry time
+/// kept by age (ms). First by age, exactly; the list gives back the sizes of the entries that went. Entries
+/// without a size (one event each, from before batches) get a size of one, pushed a thousand at a time. A count
+/// that is missing, or smaller than the number of entries, is recomputed from the sizes. Then by count: the oldest
+/// entries go while the rest hold `maxLen` events or more; the newest entry always stays. Its arguments are small
+/// on purpose: Redis copies every script argument into Lua, and an event batch would cost more there than the
+/// `XADD` itself.
 const TRIM: &str = r"
 redis.call('XTRIM', KEYS[1], 'MINID', ARGV[2])
 local len = redis.call('XLEN', KEYS[1])
-local total = tonumber(redis.call('GET', KEYS[3])) or 0
 local sizes = redis.call('LLEN', KEYS[2])
+local total = tonumber(redis.call('GET', KEYS[3]))
+local repaired = false
 while sizes > len do
-  total = total - (tonumber(redis.call('LPOP', KEYS[2])) or 1)
+  local n = tonumber(redis.call('LPOP', KEYS[2])) or 1
+  if total then total = total - n end
   sizes = sizes - 1
 end
 if sizes < len then
-  for i = 1, len - sizes do redis.call('LPUSH', KEYS[2], 1) end
-  total = total + len - sizes
+  local ones = {}
+  for i = 1, 1000 do ones[i] = 1 end
+  while sizes < len do
+    local k = math.min(len - sizes, 1000)
+    redis.call('LPUSH', KEYS[2], unpack(ones, 1, k))
+    sizes = sizes + k
+  end
+  repaired = true
+end
+if repaired or not total or total < len then
+  total = 0
+  for _, n in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do total = total + (tonumber(n) or 1) end
 end
 local max_len, drop = tonumber(ARGV[1]), 0
 while drop < len - 1 do
@@ -55,7 +70,6 @@ while drop < len - 1 do
   total, drop = total - n, drop + 1
 end
 if drop > 0 then redis.call('XTRIM', KEYS[1], 'MAXLEN', len - drop) end
-if total < 0 then total = 0 end
 redis.call('SET', KEYS[3], total)
 return total
 ";
@@ -73,7 +87,7 @@ pub enum RedisStreamSinkError {
     Unavailable(#[from] redis::RedisError),
 }
 
-/// One event on its way to a tenant stream: an entry with one field, `event`, the envelope as stored in Kafka.
+/// One event on its way to its tenant's window: the envelope as stored in Kafka, and the window's bounds.
 pub struct StreamEntry {
     pub tenant: TenantId,
     pub json: Arc<[u8]>,
@@ -191,7 +205,8 @@ impl RedisStreamSink {
         let mut out = Vec::with_capacity(limit.min(1000));
         let mut end = "+".to_string();
         let start = filter.since_ms.map(|ms| ms.to_string()).unwrap_or_else(|| "-".into());
-        // Entries hold up to `MAX_ENTRY_EVENTS` events: a page of entries for about `limit` events when full.
+        // Entries hold up to `MAX_ENTRY_EVENTS` events, often fewer: a page of `limit / 16` entries holds `limit`
+        // events when its entries hold 16 on average.
         let page = limit.div_ceil(16).clamp(4, 100);
         let mut budget = limit.saturating_mul(20).max(1000);
         loop {
@@ -200,6 +215,8 @@ impl RedisStreamSink {
             let reply = reply?;
             let n = reply.ids.len();
             for id in &reply.ids {
+                // An entry costs the budget too, so that entries without events cannot make a scan unbounded.
+                budget = budget.saturating_sub(1);
                 each_event(id, true, |text| {
                     budget = budget.saturating_sub(1);
                     if let Some(v) = filter.pass(text) {
@@ -270,10 +287,11 @@ impl RedisStreamSink {
     }
 }
 
-/// An error that the same commands would meet again: Redis answered, and said no.
+/// An error that the same commands would meet again: Redis answered, and said no (`ERR`, as a script error is,
+/// `WRONGTYPE`, `OOM`, `EXECABORT`). Everything else (I/O, timeouts, `LOADING`, `BUSY`, `MISCONF`, `READONLY`)
+/// passes, and the batch is sent again.
 fn refused(e: &redis::RedisError) -> bool {
-    use redis::ErrorKind as K;
-    matches!(e.kind(), K::ResponseError | K::TypeError | K::ExtensionError | K::ExecAbortError)
+    e.kind() == redis::ErrorKind::ResponseError || matches!(e.code(), Some("WRONGTYPE" | "OOM" | "EXECABORT"))
 }
 
 /// Events as one JSON array, written straight into the command: their texts joined by commas.
@@ -293,10 +311,11 @@ impl redis::ToRedisArgs for JsonArray<'_> {
     }
 }
 
-/// Drains the queue in batches; one pipeline per batch, with one entry per tenant and [`MAX_ENTRY_EVENTS`]
-/// events. A batch that fails is retried, with backoff, until Redis takes it: while Redis is away the bounded
-/// queue fills (the window catches up when Redis is back), and beyond the queue's capacity new entries are dropped
-/// and counted (`result="dropped"`): that is the gap.
+/// Drains the queue in batches; one transaction per batch, with an entry per [`MAX_ENTRY_EVENTS`] events of a
+/// tenant. A batch that fails because Redis is away, slow or loading is retried, with backoff, until Redis takes
+/// it: while Redis is away the bounded queue fills (the window catches up when Redis is back), and beyond the
+/// queue's capacity new entries are dropped and counted (`result="dropped"`): that is the gap. A batch Redis
+/// refuses (see [`refused`]) is dropped and counted at once: sent again, it would meet the same answer.
 async fn writer(redis: RedisConn, mut rx: mpsc::Receiver<StreamEntry>) {
     let mut batch = Vec::with_capacity(MAX_PIPELINE);
     while rx.recv_many(&mut batch, MAX_PIPELINE).await > 0 {
@@ -306,7 +325,8 @@ async fn writer(redis: RedisConn, mut rx: mpsc::Receiver<StreamEntry>) {
         let mut streams: Vec<(&TenantId, Vec<&[u8]>, u64, u64)> = Vec::new();
         let mut index: HashMap<&TenantId, usize> = HashMap::new();
         let mut last: Option<(&TenantId, usize)> = None;
-        for e in &batch {
+        // An event that could not be serialised has an empty text: it would break its entry's array.
+        for e in batch.iter().filter(|e| !e.json.is_empty()) {
             let at = match last {
                 Some((t, at)) if t == &e.tenant => at,
                 _ => *index.entry(&e.tenant).or_insert_with(|| {
@@ -319,7 +339,10 @@ async fn writer(redis: RedisConn, mut rx: mpsc::Receiver<StreamEntry>) {
             s.1.push(&e.json);
             (s.2, s.3) = (e.max_len, e.retention_ms);
         }
+        // One transaction: no other writer's commands come between an entry and its size, and a batch cut off by
+        // a lost connection is not applied at all, so sending it again does not repeat it.
         let mut pipe = redis::pipe();
+        pipe.atomic();
         for (tenant, events, max_len, retention_ms) in &streams {
             let key = stream_key(tenant);
             let (count, sizes) = count_keys(tenant);
@@ -339,8 +362,9 @@ async fn writer(redis: RedisConn, mut rx: mpsc::Receiver<StreamEntry>) {
         let written = loop {
             match redis.query::<()>(&pipe).await {
                 Ok(()) => break true,
-                // Redis refused a command (a key of another type, out of memory, a script error): sending the
-                // batch again would add its entries again. It is left out of the window, counted; Kafka has it.
+                // Redis refused it (a key of another type, out of memory, a script error): it is left out of the
+                // window, counted; Kafka has it. A runtime error inside the transaction leaves the other
+                // commands applied, so after a refusal the counter may count a few written events as dropped.
                 Err(e) if refused(&e) => {
                     metrics::counter!(m::REDIS_STREAM_WRITES_TOTAL, "result" => "dropped")
                         .increment(batch.len() as u64);
