@@ -102,7 +102,8 @@ pub struct Destination {
 }
 
 /// Options of a destination. `maxLen` applies to `redis`: how many events the tenant's window keeps (at least that
-/// many, and fewer than that plus one stream entry's worth, 64).
+/// many of those within `retentionDays` and, with one instance writing, fewer than that plus one stream entry's
+/// worth, 64).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DestinationConfig {
