@@ -103,7 +103,7 @@ pub struct Destination {
 
 /// Options of a destination. `maxLen` applies to `redis`: how many events the tenant's window keeps (at least that
 /// many of those within `retentionDays` and, with one instance writing, fewer than that plus one stream entry's
-/// worth, 64).
+/// worth, 64, from a second after a write; twice that at any time).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DestinationConfig {

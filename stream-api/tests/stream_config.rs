@@ -200,3 +200,32 @@ async fn max_len_bounds_the_redis_window() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A window that gets a few events and then none is still trimmed: the writer trims what waits once it has been
+/// idle for a second. With `maxLen` 1, ten events posted one by one leave the newest alone.
+#[tokio::test]
+async fn a_quiet_window_is_trimmed_within_a_second() {
+    let app = TestApp::start().await;
+    let (tenant, key) = app.tenant().await;
+    let cfg = json!({"destinations": [{"type": "kafka", "enabled": true, "config": {}},
+        {"type": "redis", "enabled": true, "config": {"maxLen": 1}}]});
+    assert_eq!(app.put(&format!("/stream-config/{tenant}"), &key, &cfg, None).await.status, StatusCode::OK);
+    let mut last = String::new();
+    for i in 0..10 {
+        let mut e = event(&tenant);
+        e["entityId"] = json!(format!("risk-{i}"));
+        let r = app.post("/events", &key, &e).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+        last = r.body["id"].as_str().expect("id").to_string();
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let events = app.get(&format!("/events/{tenant}?limit=100"), &key).await.body["events"].clone();
+        let events = events.as_array().cloned().unwrap_or_default();
+        if events.len() == 1 && events[0]["id"] == last.as_str() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the window kept {} events with maxLen 1", events.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

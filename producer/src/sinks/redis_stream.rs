@@ -5,9 +5,11 @@
 //! per batch instead of per event is what makes the window cheap: Redis spends about the same on an entry of one
 //! event as on one of sixty-four. Beside the stream, `evstream:{tenant}:events:sizes` lists each entry's size,
 //! oldest first, and `evstream:{tenant}:events:count` the events the window holds. A write batch is one
-//! transaction (`MULTI`/`EXEC`): each `XADD` with its `RPUSH` and `INCRBY`, then a small Lua script per stream
-//! ([`TRIM`]) that trims by age (`retentionDays`) and by count (`maxLen` events), so that the window of a single
-//! writer holds at least `maxLen` of the events within its retention, and fewer than `maxLen + MAX_ENTRY_EVENTS`.
+//! transaction (`MULTI`/`EXEC`): each `XADD` with its `RPUSH` and `INCRBY`, and for a stream that has had an
+//! entry's worth of events or a second since its last trim, a small Lua script ([`TRIM`]) that trims by age
+//! (`retentionDays`) and by count (`maxLen` events). So the window of a single writer holds at least `maxLen` of the
+//! events within its retention, fewer than `maxLen + 2 * MAX_ENTRY_EVENTS`, and fewer than `maxLen +
+//! MAX_ENTRY_EVENTS` from a second after its last write.
 //! Reads (`XREVRANGE`) and live tails (`XREAD BLOCK`) unpack the entries, newest or oldest first; they also read
 //! entries of one event (field `event`), the layout before batches.
 
@@ -19,11 +21,14 @@ use schemas::{EventType, TenantId};
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Most events one pipeline carries.
 const MAX_PIPELINE: usize = 1024;
+
+/// A stream written to is trimmed at the latest this long after, or once [`MAX_ENTRY_EVENTS`] more events are in.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
 
 /// Most events in one stream entry. It bounds how far the window may exceed `maxLen`, and how much a read of the
 /// newest event parses.
@@ -318,7 +323,16 @@ impl redis::ToRedisArgs for JsonArray<'_> {
 /// refuses (see [`refused`]) is dropped and counted at once: sent again, it would meet the same answer.
 async fn writer(redis: RedisConn, mut rx: mpsc::Receiver<StreamEntry>) {
     let mut batch = Vec::with_capacity(MAX_PIPELINE);
-    while rx.recv_many(&mut batch, MAX_PIPELINE).await > 0 {
+    // Streams written since their last trim: their events since then, when that began, and their bounds.
+    let mut untrimmed: HashMap<TenantId, (usize, Instant, u64, u64)> = HashMap::new();
+    loop {
+        // Idle for `TRIM_EVERY`: nothing to write, but whatever waits for its trim is trimmed now.
+        let idle = match tokio::time::timeout(TRIM_EVERY, rx.recv_many(&mut batch, MAX_PIPELINE)).await {
+            Ok(0) => return,
+            Ok(_) => false,
+            Err(_) if untrimmed.is_empty() => continue,
+            Err(_) => true,
+        };
         let now_ms = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
         // Each tenant's events in order, with its bounds (the newest event's config counts). A batch holds runs
         // of one tenant's events (a request's), so the map is asked only when the tenant changes.
@@ -355,8 +369,21 @@ async fn writer(redis: RedisConn, mut rx: mpsc::Receiver<StreamEntry>) {
                 pipe.cmd("RPUSH").arg(&sizes).arg(chunk.len()).ignore();
                 pipe.cmd("INCRBY").arg(&count).arg(chunk.len()).ignore();
             }
-            pipe.cmd("EVAL").arg(TRIM).arg(3).arg(&key).arg(&sizes).arg(&count);
-            pipe.arg(*max_len).arg(now_ms.saturating_sub(*retention_ms)).ignore();
+            let u = untrimmed.entry((*tenant).clone()).or_insert((0, Instant::now(), 0, 0));
+            (u.0, u.2, u.3) = (u.0 + events.len(), *max_len, *retention_ms);
+        }
+        // A stream is trimmed once an entry's worth of events or `TRIM_EVERY` has passed since its last trim (the
+        // script costs Redis about as much as ten small entries, so not after every write of a few events).
+        let due: Vec<TenantId> = untrimmed
+            .iter()
+            .filter(|(_, (n, since, ..))| idle || *n >= MAX_ENTRY_EVENTS || since.elapsed() >= TRIM_EVERY)
+            .map(|(t, _)| t.clone())
+            .collect();
+        for t in &due {
+            let (_, _, max_len, retention_ms) = untrimmed[t];
+            let (count, sizes) = count_keys(t);
+            pipe.cmd("EVAL").arg(TRIM).arg(3).arg(stream_key(t)).arg(&sizes).arg(&count);
+            pipe.arg(max_len).arg(now_ms.saturating_sub(retention_ms)).ignore();
         }
         let mut delay = Duration::from_millis(100);
         let written = loop {
@@ -382,6 +409,9 @@ async fn writer(redis: RedisConn, mut rx: mpsc::Receiver<StreamEntry>) {
         };
         if written {
             metrics::counter!(m::REDIS_STREAM_WRITES_TOTAL, "result" => "ok").increment(batch.len() as u64);
+            for t in &due {
+                untrimmed.remove(t);
+            }
         }
         batch.clear();
     }
