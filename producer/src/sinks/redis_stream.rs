@@ -409,9 +409,11 @@ async fn writer(redis: RedisConn, mut rx: mpsc::Receiver<StreamEntry>) {
         };
         if written {
             metrics::counter!(m::REDIS_STREAM_WRITES_TOTAL, "result" => "ok").increment(batch.len() as u64);
-            for t in &due {
-                untrimmed.remove(t);
-            }
+        }
+        // Trimmed, or refused: either way not asked again until the stream is due again, so that one stream Redis
+        // refuses (a key of another type) does not fail every later batch with it.
+        for t in &due {
+            untrimmed.remove(t);
         }
         batch.clear();
     }
