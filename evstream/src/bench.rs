@@ -380,89 +380,59 @@ struct Http<'a> {
 }
 
 async fn bulk(a: &BenchArgs, h: &Http<'_>) -> anyhow::Result<Figures> {
-    let Http { meter, window, http, base, key, tenant } = *h;
     let bodies: Vec<Vec<u8>> = (0..a.events)
         .collect::<Vec<_>>()
         .chunks(a.bulk_size)
         .map(|c| {
-            serde_json::to_vec(&json!({"events": c.iter().map(|i| event(tenant, *i)).collect::<Vec<_>>()}))
+            serde_json::to_vec(&json!({"events": c.iter().map(|i| event(h.tenant, *i)).collect::<Vec<_>>()}))
                 .unwrap_or_default()
         })
         .collect();
-    let before = match window {
-        Some(w) => w.written().await?,
-        None => (0, 0),
-    };
-    let (cpu, started) = (meter.snapshot(), Instant::now());
-    let mut latencies = Vec::new();
-    let mut pending = futures::stream::iter(bodies.iter().map(|b| async move {
-        let t = Instant::now();
-        let r = http
-            .post(format!("{base}/events/bulk"))
-            .bearer_auth(key)
-            .header("content-type", "application/json")
-            .body(b.clone())
-            .send()
-            .await;
-        (status_after_body(r).await, t.elapsed())
-    }))
-    .buffer_unordered(a.bulk_concurrency);
-    while let Some((status, l)) = pending.next().await {
-        anyhow::ensure!(status == 202, "bulk request answered {status}");
-        latencies.push(l);
-    }
-    let window_lag = match window {
-        Some(w) => Some(w.caught_up(before, a.events).await?),
-        None => None,
-    };
-    Ok(Figures {
-        name: "(b) POST /events/bulk (per request)",
-        events: a.events,
-        elapsed: started.elapsed(),
-        latencies,
-        cpu,
-        window_lag,
-    })
+    http_scenario(a.events, h, "(b) POST /events/bulk (per request)", "/events/bulk", bodies, a.bulk_concurrency).await
 }
 
 async fn single(a: &BenchArgs, h: &Http<'_>) -> anyhow::Result<Figures> {
-    let Http { meter, window, http, base, key, tenant } = *h;
     let bodies: Vec<Vec<u8>> =
-        (0..a.events).map(|i| serde_json::to_vec(&event(tenant, i)).unwrap_or_default()).collect();
+        (0..a.events).map(|i| serde_json::to_vec(&event(h.tenant, i)).unwrap_or_default()).collect();
+    http_scenario(a.events, h, "(c) POST /events (one per request)", "/events", bodies, a.concurrency).await
+}
+
+/// Posts `bodies` (`events` events in all) to `path` with `concurrency` requests in flight, each answered 202; the
+/// scenario ends when the Redis window holds every event.
+async fn http_scenario(
+    events: usize,
+    h: &Http<'_>,
+    name: &'static str,
+    path: &str,
+    bodies: Vec<Vec<u8>>,
+    concurrency: usize,
+) -> anyhow::Result<Figures> {
+    let Http { meter, window, http, base, key, .. } = *h;
     let before = match window {
         Some(w) => w.written().await?,
         None => (0, 0),
     };
+    let url = format!("{base}{path}");
     let (cpu, started) = (meter.snapshot(), Instant::now());
-    let mut latencies = Vec::with_capacity(a.events);
-    let mut pending = futures::stream::iter(bodies.into_iter().map(|b| async move {
-        let t = Instant::now();
-        let r = http
-            .post(format!("{base}/events"))
-            .bearer_auth(key)
-            .header("content-type", "application/json")
-            .body(b)
-            .send()
-            .await;
-        (status_after_body(r).await, t.elapsed())
+    let mut latencies = Vec::with_capacity(bodies.len());
+    let mut pending = futures::stream::iter(bodies.into_iter().map(|b| {
+        let url = &url;
+        async move {
+            let t = Instant::now();
+            let r = http.post(url).bearer_auth(key).header("content-type", "application/json").body(b).send().await;
+            (status_after_body(r).await, t.elapsed())
+        }
     }))
-    .buffer_unordered(a.concurrency);
+    .buffer_unordered(concurrency);
     while let Some((status, l)) = pending.next().await {
-        anyhow::ensure!(status == 202, "single request answered {status}");
+        anyhow::ensure!(status == 202, "{path} answered {status}");
         latencies.push(l);
     }
     let window_lag = match window {
-        Some(w) => Some(w.caught_up(before, a.events).await?),
+        Some(w) => Some(w.caught_up(before, events).await?),
         None => None,
     };
-    Ok(Figures {
-        name: "(c) POST /events (one per request)",
-        events: a.events,
-        elapsed: started.elapsed(),
-        latencies,
-        cpu,
-        window_lag,
-    })
+    Ok(Figures { name, events, elapsed: started.elapsed(), latencies, cpu, window_lag })
 }
 
 pub async fn run(a: BenchArgs) -> anyhow::Result<()> {

@@ -238,8 +238,8 @@ impl Pipeline {
     }
 
     /// One event: the whole pipeline.
-    pub async fn ingest(&self, v: Value, ctx: &RequestContext<'_>) -> Result<Outcome, IngestError> {
-        let mut out = self.ingest_many(vec![Document::Value(v)], ctx).await;
+    pub async fn ingest(&self, doc: Document<'_>, ctx: &RequestContext<'_>) -> Result<Outcome, IngestError> {
+        let mut out = self.ingest_many(vec![doc], ctx).await;
         out.pop().unwrap_or(Err(IngestError::InFlight))
     }
 
@@ -482,12 +482,13 @@ impl Pipeline {
         Ok(self.finish(draft, cfg.unwrap_or_default(), ctx, single))
     }
 
-    /// One event's JSON text as a document: a valid event is checked straight from the text, anything else is
-    /// parsed into a `Value` for the field-by-field check. `Err` when the text is not JSON the parser takes.
-    pub fn document<'a>(&self, text: &'a str) -> Result<Document<'a>, serde_json::Error> {
-        match parse_text(text, &self.inner.catalog) {
-            Some(draft) => Ok(Document::Valid { draft: Box::new(draft), text }),
-            None => serde_json::from_str(text).map(Document::Value),
+    /// One event's JSON as a document: a valid event is checked straight from its text, anything else is parsed
+    /// into a `Value` for the field-by-field check. `Err` (serde's, saying where) when it is not JSON.
+    pub fn document<'a>(&self, bytes: &'a [u8]) -> Result<Document<'a>, serde_json::Error> {
+        let valid = std::str::from_utf8(bytes).ok().and_then(|t| Some((parse_text(t, &self.inner.catalog)?, t)));
+        match valid {
+            Some((draft, text)) => Ok(Document::Valid { draft: Box::new(draft), text }),
+            None => serde_json::from_slice(bytes).map(Document::Value),
         }
     }
 

@@ -36,14 +36,17 @@ pub fn too_large(max_bytes: usize) -> ApiError {
 
 /// Parses JSON; syntax errors, truncation, invalid UTF-8 and excessive nesting are all 400 `malformed_json`.
 pub fn json(bytes: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        let detail = if e.line() > 0 {
-            format!("the body is not valid JSON: {} (line {}, column {})", kind(&e), e.line(), e.column())
-        } else {
-            format!("the body is not valid JSON: {}", kind(&e))
-        };
-        ApiError::bad_request("malformed_json", detail)
-    })
+    serde_json::from_slice(bytes).map_err(malformed)
+}
+
+/// The problem for a body that is not JSON, saying where.
+pub fn malformed(e: serde_json::Error) -> ApiError {
+    let detail = if e.line() > 0 {
+        format!("the body is not valid JSON: {} (line {}, column {})", kind(&e), e.line(), e.column())
+    } else {
+        format!("the body is not valid JSON: {}", kind(&e))
+    };
+    ApiError::bad_request("malformed_json", detail)
 }
 
 fn kind(e: &serde_json::Error) -> String {

@@ -141,24 +141,21 @@ impl ReadFilter {
 /// Calls `f` with the text of each event of a stream entry, oldest first (`rev`: newest first), until it returns
 /// `false`. An entry is a batch (`events`) or, from before batches, one event (`event`); anything else holds none.
 fn each_event(id: &StreamId, rev: bool, mut f: impl FnMut(&str) -> bool) {
-    if let Some(bytes) = id.get::<Vec<u8>>("events") {
-        let Ok(events) = serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(&bytes) else { return };
-        let texts = events.iter().map(|e| e.get());
-        if rev {
-            for t in texts.rev() {
-                if !f(t) {
-                    return;
-                }
-            }
-        } else {
-            for t in texts {
-                if !f(t) {
-                    return;
-                }
+    // Borrowed from the reply, not copied out of it: a batch entry is tens of kilobytes.
+    let field = |name: &str| match id.map.get(name) {
+        Some(redis::Value::BulkString(b)) => Some(b.as_slice()),
+        _ => None,
+    };
+    if let Some(bytes) = field("events") {
+        let Ok(events) = serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(bytes) else { return };
+        let n = events.len();
+        for i in 0..n {
+            if !f(events[if rev { n - 1 - i } else { i }].get()) {
+                return;
             }
         }
-    } else if let Some(bytes) = id.get::<Vec<u8>>("event") {
-        if let Ok(t) = std::str::from_utf8(&bytes) {
+    } else if let Some(bytes) = field("event") {
+        if let Ok(t) = std::str::from_utf8(bytes) {
             f(t);
         }
     }

@@ -11,7 +11,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use producer::sinks::redis_stream::ReadFilter;
-use producer::{Document, Outcome, RequestContext, Scope};
+use producer::{Document, Outcome, Pipeline, RequestContext, Scope};
 use schemas::{cloudevents, EventType, FieldError};
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -28,8 +28,9 @@ fn correlation(headers: &HeaderMap) -> Option<&str> {
     headers.get("x-correlation-id").and_then(|v| v.to_str().ok()).filter(|s| schemas::EventId::new(*s).is_ok())
 }
 
-/// The event document of a `POST /events` request, in any of the three accepted forms.
-fn document(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiError> {
+/// The event document of a `POST /events` request, in any of the three accepted forms. Plain JSON takes the
+/// pipeline's text fast path, as bulk items do.
+fn document<'a>(pipeline: &Pipeline, headers: &HeaderMap, bytes: &'a [u8]) -> Result<Document<'a>, ApiError> {
     if headers.contains_key("ce-specversion") {
         let mut attrs = Vec::new();
         for (name, value) in headers {
@@ -45,11 +46,13 @@ fn document(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiError> {
             return Err(body::unsupported_media_type("application/json (binary-mode data must be JSON)"));
         }
         let data = if bytes.iter().all(u8::is_ascii_whitespace) { None } else { Some(body::json(bytes)?) };
-        return cloudevents::from_binary(attrs, mt.as_deref(), data).map_err(ApiError::invalid);
+        return cloudevents::from_binary(attrs, mt.as_deref(), data).map(Document::Value).map_err(ApiError::invalid);
     }
     match body::media_type(headers).as_deref() {
-        Some(CLOUDEVENTS_JSON) => cloudevents::from_structured(&body::json(bytes)?).map_err(ApiError::invalid),
-        Some(mt) if body::is_json(mt) => body::json(bytes),
+        Some(CLOUDEVENTS_JSON) => {
+            cloudevents::from_structured(&body::json(bytes)?).map(Document::Value).map_err(ApiError::invalid)
+        }
+        Some(mt) if body::is_json(mt) => pipeline.document(bytes).map_err(body::malformed),
         _ => Err(body::unsupported_media_type(
             "application/json, application/cloudevents+json, or binary-mode ce-* headers",
         )),
@@ -81,7 +84,7 @@ pub async fn publish(
     let started = Instant::now();
     let received_at = OffsetDateTime::now_utc();
     let bytes = body::read(body, state.cfg.max_body_bytes, Duration::from_millis(state.cfg.body_timeout_ms)).await?;
-    let doc = document(&headers, &bytes)?;
+    let doc = document(&state.pipeline, &headers, &bytes)?;
     let scope = auth.scope();
     let ctx = RequestContext {
         scope: &scope,
@@ -136,9 +139,7 @@ pub async fn bulk(
             .enumerate()
             .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
             .map(|(n, l)| {
-                let doc = std::str::from_utf8(l).ok().and_then(|t| pipeline.document(t).ok());
-                // Not JSON: the plain parse of the line says where.
-                doc.map_or_else(|| serde_json::from_slice(l).map(Document::Value), Ok).map_err(|e| {
+                pipeline.document(l).map_err(|e| {
                     FieldError::new(
                         format!("line {}", n + 1),
                         "malformed_json",
@@ -151,7 +152,9 @@ pub async fn bulk(
         let plain = schemas::event::is_object_text(&bytes)
             .then(|| serde_json::from_slice::<BulkText<'_>>(&bytes).ok())
             .flatten()
-            .and_then(|b| b.events.iter().map(|raw| pipeline.document(raw.get()).ok()).collect::<Option<Vec<_>>>());
+            .and_then(|b| {
+                b.events.iter().map(|raw| pipeline.document(raw.get().as_bytes()).ok()).collect::<Option<Vec<_>>>()
+            });
         match plain {
             Some(docs) => docs.into_iter().map(Ok).collect(),
             // Not the plain shape: the full parse says what is wrong, or takes what the plain parse refused (a
