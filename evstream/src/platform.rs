@@ -100,7 +100,7 @@ pub async fn run(o: Common, roles: Roles) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    let prometheus = stream_api::telemetry::install_prometheus()?;
     let started = bootstrap::start(&settings(&o), Some(prometheus)).await?;
     if let Some(key) = &started.generated_admin_key {
         // Printed once, on purpose, to stdout only: it is the bootstrap credential.

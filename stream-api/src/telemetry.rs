@@ -6,9 +6,41 @@ use crate::state::AppState;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{BuildError, PrometheusBuilder, PrometheusHandle};
 use producer::metric_names as m;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tracing::Instrument;
+
+/// Bucket bounds (seconds) of every latency histogram: from half a millisecond to the 10 s beyond which requests
+/// have long timed out. Buckets, not summaries, so that quantiles add up across instances (`histogram_quantile`).
+pub const LATENCY_BUCKETS: [f64; 15] =
+    [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0];
+
+/// How often recorded samples are folded into the histograms' buckets between scrapes.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Installs the process-wide Prometheus recorder: latency histograms with [`LATENCY_BUCKETS`], and upkeep on its
+/// own thread, so that samples never pile up in memory when nobody scrapes `/metrics`.
+pub fn install_prometheus() -> Result<PrometheusHandle, MetricsError> {
+    let handle = PrometheusBuilder::new().set_buckets(&LATENCY_BUCKETS)?.install_recorder()?;
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(UPKEEP_EVERY);
+            upkeep.run_upkeep();
+        })
+        .map_err(MetricsError::Upkeep)?;
+    Ok(handle)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("metrics recorder: {0}")]
+    Recorder(#[from] BuildError),
+    #[error("metrics upkeep thread: {0}")]
+    Upkeep(std::io::Error),
+}
 
 pub async fn middleware(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();

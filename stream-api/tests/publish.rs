@@ -371,6 +371,17 @@ async fn live_tail_and_metrics_over_a_real_socket() {
     let text = http.get(format!("{base}/metrics")).send().await.expect("metrics").text().await.expect("text");
     assert!(text.contains("evstream_events_accepted_total"), "{text}");
     assert!(text.contains("evstream_http_requests_total"));
+    // Latency is exported as histograms (buckets add up across instances; the dashboards use `_bucket`).
+    for h in ["evstream_ingest_duration_seconds", "evstream_kafka_produce_duration_seconds"] {
+        assert!(text.contains(&format!("# TYPE {h} histogram")), "{h} is a histogram: {text}");
+        let inf = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{h}_bucket{{le=\"+Inf\"}}")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse::<u64>().ok());
+        assert!(inf.is_some_and(|n| n >= 2), "{h} counts the accepted events: {text}");
+    }
+    assert!(text.contains("evstream_http_request_duration_seconds_bucket{route=\"/events\",le=\"0.005\"}"), "{text}");
     let m: Value = http
         .get(format!("{base}/metrics/{tenant}"))
         .bearer_auth(&key)

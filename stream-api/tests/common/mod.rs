@@ -211,5 +211,5 @@ pub fn event(tenant: &str) -> Value {
 fn prometheus() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
     static HANDLE: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
         std::sync::OnceLock::new();
-    HANDLE.get_or_init(|| metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok()).clone()
+    HANDLE.get_or_init(|| stream_api::telemetry::install_prometheus().ok()).clone()
 }
