@@ -2,6 +2,10 @@
 //! (a) a raw rdkafka producer (the ceiling), (b) `POST /events/bulk`, (c) `POST /events` one at a time from N
 //! concurrent clients. Prints events/s, p50/p99 latency, the server's peak RSS, and the ratio (b)/(a).
 //! The server is a child `evstream api` process so that its memory is measured alone.
+//!
+//! In a round with both (a) and (b), (a) runs in two halves, one before (b) and one after it, and its figures are
+//! the two halves together: this host's speed drifts, and a host that speeds up or slows down during the round then
+//! weighs on both alike.
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -58,7 +62,7 @@ pub(crate) struct Figures {
     events: usize,
     elapsed: Duration,
     latencies: Vec<Duration>,
-    /// CPU times when the timed part began (see [`CpuMeter`]).
+    /// CPU seconds used while it ran, per process of the [`CpuMeter`], then the machine's steal.
     cpu: Vec<Option<f64>>,
     /// For the HTTP scenarios: how long after the last response the Redis window held every event (included in
     /// `elapsed`).
@@ -66,6 +70,21 @@ pub(crate) struct Figures {
 }
 
 impl Figures {
+    /// Two runs of one scenario as one: their events, times, latencies and CPU added up.
+    fn merge(mut self, other: Figures) -> Figures {
+        self.events += other.events;
+        self.elapsed += other.elapsed;
+        self.latencies.extend(other.latencies);
+        for (c, o) in self.cpu.iter_mut().zip(other.cpu) {
+            *c = c.zip(o).map(|(c, o)| c + o);
+        }
+        self.window_lag = match (self.window_lag, other.window_lag) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self
+    }
+
     fn rate(&self) -> f64 {
         self.events as f64 / self.elapsed.as_secs_f64()
     }
@@ -161,22 +180,27 @@ impl CpuMeter {
         self.procs.iter().map(|(_, pid)| cpu_secs(*pid)).chain(std::iter::once(steal_secs())).collect()
     }
 
-    /// Prints the CPU used since `f` began; called as soon as the scenario ends.
+    /// CPU seconds used (and stolen) since `before`, a [`snapshot`](Self::snapshot); taken as soon as a scenario
+    /// ends.
+    fn used(&self, before: &[Option<f64>]) -> Vec<Option<f64>> {
+        before.iter().zip(self.snapshot()).map(|(b, a)| b.zip(a).map(|(b, a)| a - b)).collect()
+    }
+
+    /// Prints the CPU a scenario used.
     fn print(&self, f: &Figures) {
-        let (before, after) = (&f.cpu, self.snapshot());
         let wall = f.elapsed.as_secs_f64();
         let mut parts = Vec::new();
         let mut total = 0.0;
-        for (((name, _), b), a) in self.procs.iter().zip(before.iter()).zip(&after) {
-            if let (Some(b), Some(a)) = (b, a) {
-                let us = 1e6 * (a - b) / f.events as f64;
+        for ((name, _), used) in self.procs.iter().zip(&f.cpu) {
+            if let Some(used) = used {
+                let us = 1e6 * used / f.events as f64;
                 total += us;
-                parts.push(format!("{name} {us:.1} ({:.0}%)", 100.0 * (a - b) / wall));
+                parts.push(format!("{name} {us:.1} ({:.0}%)", 100.0 * used / wall));
             }
         }
-        let steal = match (before.last().copied().flatten(), after.last().copied().flatten()) {
-            (Some(b), Some(a)) => format!("; stolen by the hypervisor: {:.0}% of one core", 100.0 * (a - b) / wall),
-            _ => String::new(),
+        let steal = match f.cpu.get(self.procs.len()).copied().flatten() {
+            Some(stolen) => format!("; stolen by the hypervisor: {:.0}% of one core", 100.0 * stolen / wall),
+            None => String::new(),
         };
         println!("    CPU µs per event (share of one core): {}; total {total:.1}{steal}", parts.join(", "));
     }
@@ -317,8 +341,10 @@ pub(crate) fn peak_rss_mb(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// (a): events `events` (numbered as the bench numbers them) straight to the broker.
 async fn raw_producer(
     a: &BenchArgs,
+    events: std::ops::Range<usize>,
     meter: &CpuMeter,
     p: &FutureProducer,
     topic: &str,
@@ -327,7 +353,7 @@ async fn raw_producer(
     // The same records the server would write: the enriched envelope and its CloudEvents headers.
     let catalog = schemas::Catalog::new();
     let now = time::OffsetDateTime::now_utc();
-    let records: Vec<(Vec<u8>, rdkafka::message::OwnedHeaders)> = (0..a.events)
+    let records: Vec<(Vec<u8>, rdkafka::message::OwnedHeaders)> = events
         .map(|i| {
             let draft = schemas::event::parse_event(&event(tenant, i), &catalog)
                 .map_err(|e| anyhow::anyhow!("bench event invalid: {e:?}"))?;
@@ -337,7 +363,7 @@ async fn raw_producer(
         .collect::<anyhow::Result<_>>()?;
     let (cpu, started) = (meter.snapshot(), Instant::now());
     let mut inflight = FuturesUnordered::new();
-    let mut latencies = Vec::with_capacity(a.events);
+    let mut latencies = Vec::with_capacity(records.len());
     for (pl, headers) in &records {
         let p = p.clone();
         inflight.push(async move {
@@ -358,12 +384,13 @@ async fn raw_producer(
         anyhow::ensure!(ok, "raw produce failed");
         latencies.push(l);
     }
+    let elapsed = started.elapsed();
     Ok(Figures {
         name: "(a) raw rdkafka producer",
-        events: a.events,
-        elapsed: started.elapsed(),
+        events: records.len(),
+        elapsed,
         latencies,
-        cpu,
+        cpu: meter.used(&cpu),
         window_lag: None,
     })
 }
@@ -432,7 +459,8 @@ async fn http_scenario(
         Some(w) => Some(w.caught_up(before, events).await?),
         None => None,
     };
-    Ok(Figures { name, events, elapsed: started.elapsed(), latencies, cpu, window_lag })
+    let elapsed = started.elapsed();
+    Ok(Figures { name, events, elapsed, latencies, cpu: meter.used(&cpu), window_lag })
 }
 
 pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
@@ -471,7 +499,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     // take `KafkaSinkConfig`'s defaults).
     let producer: FutureProducer =
         KafkaSinkConfig { brokers: a.kafka_brokers.clone(), ..KafkaSinkConfig::default() }.client_config().create()?;
-    raw_producer(&BenchArgs { events: 500, ..a.clone() }, &meter, &producer, &raw_topic, &tenant).await?;
+    raw_producer(&a, 0..500, &meter, &producer, &raw_topic, &tenant).await?;
     let window = if a.without_window { None } else { Some(Window::new(&http, &base)) };
     let h = Http { meter: &meter, window: window.as_ref(), http: &http, base: &base, key: &admin, tenant: &tenant };
     single(&BenchArgs { events: 500, ..a.clone() }, &h).await?;
@@ -480,14 +508,23 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let want = |c: char| a.scenarios.contains(c);
     for round in 1..=a.rounds.max(1) {
         println!("round {round}");
-        if want('a') {
-            let r = raw_producer(&a, &meter, &producer, &raw_topic, &tenant).await?;
+        // (a) around (b): the first half before it, the second after it (see the module doc).
+        let half = if want('b') { a.events / 2 } else { a.events };
+        let first_half = if want('a') {
+            Some(raw_producer(&a, 0..half, &meter, &producer, &raw_topic, &tenant).await?)
+        } else {
+            None
+        };
+        let b = if want('b') { Some(bulk(&a, &h).await?) } else { None };
+        if let Some(mut r) = first_half {
+            if half < a.events {
+                r = r.merge(raw_producer(&a, half..a.events, &meter, &producer, &raw_topic, &tenant).await?);
+            }
             r.print();
             meter.print(&r);
             ras.push(r);
         }
-        if want('b') {
-            let r = bulk(&a, &h).await?;
+        if let Some(r) = b {
             r.print();
             meter.print(&r);
             rbs.push(r);
