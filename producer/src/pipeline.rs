@@ -22,7 +22,7 @@ use schemas::config::{DestinationKind, FilterOutcome};
 use schemas::event::{parse_owned, parse_text, peek_tenant, EventDraft};
 use schemas::{Catalog, Event, EventId, EventType, FieldError, SourceName, StreamConfig, TenantId};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -145,8 +145,12 @@ pub enum Document<'a> {
     Valid { draft: Box<EventDraft>, text: &'a str },
 }
 
+/// A tenant and its config, as [`Pipeline::admit`] last found them in a request.
+type LastConfig = Option<(TenantId, Arc<StreamConfig>)>;
+
 /// An event that passed validation, authorisation and the tenant's filters, ready to be written.
 pub struct Prepared {
+    /// Its `data` and `metadata` are emptied once `json` holds them.
     event: Event,
     cfg: Arc<StreamConfig>,
     json: Arc<[u8]>,
@@ -264,9 +268,10 @@ impl Pipeline {
         }
         let single = values.len() == 1;
         // Every rejection is counted where it happens, against the tenant known at that point.
+        let mut last_config = None;
         let mut stages: Vec<Stage> = values
             .into_iter()
-            .map(|v| match self.prepare(v, ctx, single) {
+            .map(|v| match self.prepare(v, ctx, single, &mut last_config) {
                 Ok(p) => Stage::Ready(Box::new(p)),
                 Err(rejected) => {
                     let (e, original) = *rejected;
@@ -453,12 +458,13 @@ impl Pipeline {
         doc: Document<'_>,
         ctx: &RequestContext<'_>,
         single: bool,
+        last_config: &mut LastConfig,
     ) -> Result<Prepared, Box<(IngestError, Value)>> {
         let i = &self.inner;
         let v = match doc {
             Document::Value(v) => v,
             Document::Valid { draft, text } => {
-                return match self.admit(draft.tenant_id.clone(), Some(&draft.source), ctx) {
+                return match self.admit(&draft.tenant_id, Some(&draft.source), ctx, last_config) {
                     Ok(cfg) => Ok(self.finish(*draft, cfg, ctx, single)),
                     // The text parsed once already; `Null` only keeps the types total.
                     Err(e) => Err(Box::new((e, serde_json::from_str(text).unwrap_or(Value::Null)))),
@@ -470,7 +476,7 @@ impl Pipeline {
         let cfg = match peek_tenant(&v) {
             Some(t) => {
                 let src = v.get("source").and_then(Value::as_str).and_then(|s| SourceName::new(s).ok());
-                match self.admit(t, src.as_ref(), ctx) {
+                match self.admit(&t, src.as_ref(), ctx, last_config) {
                     Ok(cfg) => Some(cfg),
                     Err(e) => return Err(Box::new((e, v))),
                 }
@@ -493,22 +499,32 @@ impl Pipeline {
     }
 
     /// May this request write for `tenant`, is the tenant registered and enabled, and may it use `source`?
+    /// `last_config` is the config last looked up in this request: a request's events are mostly one tenant's,
+    /// and they all see the config as it was when the request came to them.
     fn admit(
         &self,
-        tenant: TenantId,
+        tenant: &TenantId,
         source: Option<&SourceName>,
         ctx: &RequestContext<'_>,
+        last_config: &mut LastConfig,
     ) -> Result<Arc<StreamConfig>, IngestError> {
         if let Scope::Tenant(own) = ctx.scope {
-            if *own != tenant {
-                return Err(IngestError::Forbidden { tenant });
+            if own != tenant {
+                return Err(IngestError::Forbidden { tenant: tenant.clone() });
             }
         }
-        let Some(cfg) = self.inner.configs.config(&tenant) else {
-            return Err(IngestError::UnknownTenant { tenant });
+        let cfg = match last_config {
+            Some((t, cfg)) if t == tenant => cfg.clone(),
+            _ => {
+                let Some(cfg) = self.inner.configs.config(tenant) else {
+                    return Err(IngestError::UnknownTenant { tenant: tenant.clone() });
+                };
+                *last_config = Some((tenant.clone(), cfg.clone()));
+                cfg
+            }
         };
         if !cfg.enabled {
-            return Err(IngestError::TenantDisabled { tenant });
+            return Err(IngestError::TenantDisabled { tenant: tenant.clone() });
         }
         match source {
             Some(src) if !cfg.source_allowed(src) => {
@@ -533,6 +549,10 @@ impl Pipeline {
         }
         // Serialising an `Event` cannot fail: every field is a string, number, map or timestamp.
         let json: Arc<[u8]> = event.to_json().unwrap_or_default().into();
+        // From here on the JSON text stands for the event's body: its trees are freed now, while they are still in
+        // the cache, instead of after the broker's acknowledgement with the rest of the request.
+        let mut event = event;
+        (event.data, event.metadata) = (Map::new(), Map::new());
         let dedup_key =
             client_id.or_else(|| if single { ctx.idempotency_key.map(|k| format!("hdr:{k}")) } else { None });
         Prepared { event, cfg, json, dedup_key, filtered: None }
@@ -542,11 +562,14 @@ impl Pipeline {
     async fn commit_all<'p>(&self, prepared: impl Iterator<Item = &'p Prepared>) -> Vec<Result<Outcome, IngestError>> {
         let i = &self.inner;
         let prepared: Vec<&Prepared> = prepared.collect();
-        let mut routes: Vec<Vec<&str>> = Vec::with_capacity(prepared.len());
+        let mut routes: Vec<route::Topics<'_>> = Vec::with_capacity(prepared.len());
         let mut records = Vec::with_capacity(prepared.len());
         for p in &prepared {
-            let topics = if p.filtered.is_some() { Vec::new() } else { route::topics(&p.cfg, &i.cfg.default_topic) };
-            for topic in &topics {
+            let topics = match p.filtered {
+                Some(_) => route::Topics::Nowhere,
+                None => route::topics(&p.cfg, &i.cfg.default_topic),
+            };
+            for topic in topics.iter() {
                 records.push(Outgoing {
                     topic,
                     key: p.event.tenant_id.as_str(),
@@ -561,7 +584,7 @@ impl Pipeline {
         prepared
             .iter()
             .zip(&routes)
-            .map(|(p, topics)| self.settle(p, topics, delivered.by_ref().take(topics.len())))
+            .map(|(p, topics)| self.settle(p, *topics, delivered.by_ref().take(topics.len())))
             .collect()
     }
 
@@ -569,7 +592,7 @@ impl Pipeline {
     fn settle(
         &self,
         p: &Prepared,
-        topics: &[&str],
+        topics: route::Topics<'_>,
         delivered: impl Iterator<Item = Result<Delivered, KafkaSinkError>>,
     ) -> Result<Outcome, IngestError> {
         let i = &self.inner;
@@ -578,12 +601,17 @@ impl Pipeline {
         }
         let event = &p.event;
         let cfg = &p.cfg;
-        let mut placements = Vec::with_capacity(topics.len());
+        // The first topic's place, and the others' (a tenant routing to one topic allocates no list).
+        let (mut first, mut also) = (None, Vec::new());
         let mut failure = None;
         for (t, r) in topics.iter().zip(delivered) {
             match r {
                 Ok(d) => {
-                    placements.push(Placement { topic: (*t).to_string(), partition: d.partition, offset: d.offset })
+                    let place = Placement { topic: t.to_string(), partition: d.partition, offset: d.offset };
+                    match first {
+                        None => first = Some(place),
+                        Some(_) => also.push(place),
+                    }
                 }
                 // The first failure decides the answer (every record was waited for).
                 Err(e) => {
@@ -592,7 +620,7 @@ impl Pipeline {
             }
         }
         if let Some(e) = failure {
-            self.reconcile_topics(topics);
+            self.reconcile_topics(&topics.iter().collect::<Vec<_>>());
             return Err(match e {
                 KafkaSinkError::Retriable { .. } => IngestError::Unavailable(Box::new(e)),
                 KafkaSinkError::Final { .. } => {
@@ -603,6 +631,15 @@ impl Pipeline {
                 }
             });
         }
+        // Every route has a topic (the shared default at least); were one without, nothing was written, and
+        // nothing is acknowledged.
+        let Some(first) = first else {
+            return Err(IngestError::Unavailable(Box::new(KafkaSinkError::Retriable {
+                topic: String::new(),
+                reason: "no_topic",
+                source: rdkafka::error::KafkaError::Canceled,
+            })));
+        };
         if cfg.destination_enabled(DestinationKind::Redis) {
             i.redis.enqueue(StreamEntry {
                 tenant: event.tenant_id.clone(),
@@ -611,14 +648,13 @@ impl Pipeline {
                 retention_ms: u64::from(cfg.retention_days) * 86_400_000,
             });
         }
-        let first = placements.remove(0);
         Ok(Outcome::Accepted(Accepted {
             id: event.id.clone(),
             tenant: event.tenant_id.clone(),
             topic: first.topic,
             partition: first.partition,
             offset: first.offset,
-            also: placements,
+            also,
             duplicate: false,
             event_type: event.event_type,
             source_label: source_label(event.source.as_str()),

@@ -6,12 +6,46 @@ use schemas::{Event, StreamConfig, TopicName};
 /// Where events go when the tenant names no topics of its own.
 pub const DEFAULT_EVENTS_TOPIC: &str = "evstream.events";
 
+/// The topics one event is written to (borrowed from the config: nothing is allocated per event).
+#[derive(Debug, Clone, Copy)]
+pub enum Topics<'a> {
+    /// The shared default topic.
+    Shared(&'a str),
+    /// The tenant's own topics.
+    Own(&'a [TopicName]),
+    /// None: a filtered event.
+    Nowhere,
+}
+
+impl<'a> Topics<'a> {
+    pub fn len(self) -> usize {
+        match self {
+            Topics::Shared(_) => 1,
+            Topics::Own(t) => t.len(),
+            Topics::Nowhere => 0,
+        }
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = &'a str> {
+        let (shared, own): (Option<&'a str>, &'a [TopicName]) = match self {
+            Topics::Shared(t) => (Some(t), &[]),
+            Topics::Own(t) => (None, t),
+            Topics::Nowhere => (None, &[]),
+        };
+        shared.into_iter().chain(own.iter().map(TopicName::as_str))
+    }
+}
+
 /// The tenant's own topics, or the shared default.
-pub fn topics<'a>(cfg: &'a StreamConfig, default_topic: &'a str) -> Vec<&'a str> {
+pub fn topics<'a>(cfg: &'a StreamConfig, default_topic: &'a str) -> Topics<'a> {
     if cfg.topics.is_empty() {
-        vec![default_topic]
+        Topics::Shared(default_topic)
     } else {
-        cfg.topics.iter().map(TopicName::as_str).collect()
+        Topics::Own(&cfg.topics)
     }
 }
 
@@ -36,8 +70,10 @@ mod tests {
     #[test]
     fn default_or_own_topics() {
         let mut cfg = StreamConfig::default();
-        assert_eq!(topics(&cfg, DEFAULT_EVENTS_TOPIC), vec![DEFAULT_EVENTS_TOPIC]);
+        assert_eq!(topics(&cfg, DEFAULT_EVENTS_TOPIC).iter().collect::<Vec<_>>(), vec![DEFAULT_EVENTS_TOPIC]);
         cfg.topics = vec![TopicName::new("a").unwrap(), TopicName::new("b").unwrap()];
-        assert_eq!(topics(&cfg, DEFAULT_EVENTS_TOPIC), vec!["a", "b"]);
+        assert_eq!(topics(&cfg, DEFAULT_EVENTS_TOPIC).iter().collect::<Vec<_>>(), vec!["a", "b"]);
+        assert_eq!(topics(&cfg, DEFAULT_EVENTS_TOPIC).len(), 2);
+        assert_eq!(Topics::Nowhere.iter().count(), 0);
     }
 }

@@ -54,7 +54,8 @@ fn clean(s: &[u8]) -> bool {
     !s.iter().fold(false, |dirty, &b| dirty | (b < 0x20) | (b == b'"') | (b == b'\\'))
 }
 
-fn string(out: &mut Vec<u8>, s: &str) {
+/// Appends `s` as a JSON string, byte for byte as serde_json writes it.
+pub fn string(out: &mut Vec<u8>, s: &str) {
     if clean(s.as_bytes()) {
         out.reserve(s.len() + 2);
         out.push(b'"');

@@ -14,7 +14,7 @@
 pub mod catalog;
 pub mod cloudevents;
 pub mod config;
-mod encode;
+pub mod encode;
 pub mod event;
 pub mod field;
 pub mod ids;

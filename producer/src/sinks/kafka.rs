@@ -232,7 +232,7 @@ impl KafkaSink {
         let _ = finished.await;
         let results =
             std::mem::take(&mut batch.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).results);
-        metrics::histogram!(m::KAFKA_PRODUCE_DURATION_SECONDS).record_many(started.elapsed().as_secs_f64(), n);
+        metrics::histogram!(m::KAFKA_PRODUCE_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
         let mut failures: HashMap<&'static str, (u64, &str, String)> = HashMap::new();
         let out: Vec<Result<Delivered, KafkaSinkError>> = results
             .into_iter()
