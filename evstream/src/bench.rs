@@ -3,9 +3,9 @@
 //! concurrent clients. Prints events/s, p50/p99 latency, the server's peak RSS, and the ratio (b)/(a).
 //! The server is a child `evstream api` process so that its memory is measured alone.
 //!
-//! In a round with both (a) and (b), (a) runs in two halves, one before (b) and one after it, and its figures are
-//! the two halves together: this host's speed drifts, and a host that speeds up or slows down during the round then
-//! weighs on both alike.
+//! In a round with both (a) and (b), (a) runs twice, once before (b) and once after it, and its figures are the two
+//! runs together (twice the events): this host's speed drifts, and a host that speeds up or slows down during the
+//! round then weighs on both alike. Each run is whole, so (a) starts and drains as often per event as (b) does.
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -508,17 +508,16 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let want = |c: char| a.scenarios.contains(c);
     for round in 1..=a.rounds.max(1) {
         println!("round {round}");
-        // (a) around (b): the first half before it, the second after it (see the module doc).
-        let half = if want('b') { a.events / 2 } else { a.events };
-        let first_half = if want('a') {
-            Some(raw_producer(&a, 0..half, &meter, &producer, &raw_topic, &tenant).await?)
+        // (a) around (b): once before it and once after it (see the module doc).
+        let before_b = if want('a') {
+            Some(raw_producer(&a, 0..a.events, &meter, &producer, &raw_topic, &tenant).await?)
         } else {
             None
         };
         let b = if want('b') { Some(bulk(&a, &h).await?) } else { None };
-        if let Some(mut r) = first_half {
-            if half < a.events {
-                r = r.merge(raw_producer(&a, half..a.events, &meter, &producer, &raw_topic, &tenant).await?);
+        if let Some(mut r) = before_b {
+            if b.is_some() {
+                r = r.merge(raw_producer(&a, 0..a.events, &meter, &producer, &raw_topic, &tenant).await?);
             }
             r.print();
             meter.print(&r);

@@ -14,7 +14,7 @@ pub const EVENTS_REJECTED_TOTAL: &str = "evstream_events_rejected_total";
 pub const EVENTS_FILTERED_TOTAL: &str = "evstream_events_filtered_total";
 /// histogram: request received -> broker acknowledged
 pub const INGEST_DURATION_SECONDS: &str = "evstream_ingest_duration_seconds";
-/// histogram: a batch's records (a request's) queued -> the last of them acknowledged, one sample per batch
+/// histogram: a batch's records queued -> the last of them acknowledged, one sample per record
 pub const KAFKA_PRODUCE_DURATION_SECONDS: &str = "evstream_kafka_produce_duration_seconds";
 /// counter {reason}
 pub const KAFKA_PRODUCE_ERRORS_TOTAL: &str = "evstream_kafka_produce_errors_total";

@@ -150,7 +150,7 @@ type LastConfig = Option<(TenantId, Arc<StreamConfig>)>;
 
 /// An event that passed validation, authorisation and the tenant's filters, ready to be written.
 pub struct Prepared {
-    /// Its `data` and `metadata` are emptied once `json` holds them.
+    /// A written event's `data` and `metadata` are emptied once `json` holds them (a filtered one keeps them).
     event: Event,
     cfg: Arc<StreamConfig>,
     json: Arc<[u8]>,
@@ -499,8 +499,8 @@ impl Pipeline {
     }
 
     /// May this request write for `tenant`, is the tenant registered and enabled, and may it use `source`?
-    /// `last_config` is the config last looked up in this request: a request's events are mostly one tenant's,
-    /// and they all see the config as it was when the request came to them.
+    /// `last_config` is the config last looked up in this request (one tenant's): a request's events are mostly
+    /// one tenant's, and then they share one lookup.
     fn admit(
         &self,
         tenant: &TenantId,

@@ -11,15 +11,16 @@ use producer::metric_names as m;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 
-/// Bucket bounds (seconds) of every latency histogram: from half a millisecond to the 10 s beyond which requests
-/// have long timed out. Buckets, not summaries, so that quantiles add up across instances (`histogram_quantile`).
+/// Bucket bounds (seconds) of every histogram (all of them are latencies): from half a millisecond to 30 s, well past
+/// the point where requests have timed out. Buckets, not summaries, so that quantiles add up across instances
+/// (`histogram_quantile`).
 pub const LATENCY_BUCKETS: [f64; 15] =
     [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0];
 
 /// How often recorded samples are folded into the histograms' buckets between scrapes.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
-/// Installs the process-wide Prometheus recorder: latency histograms with [`LATENCY_BUCKETS`], and upkeep on its
+/// Installs the process-wide Prometheus recorder: histograms with [`LATENCY_BUCKETS`], and upkeep on its
 /// own thread, so that samples never pile up in memory when nobody scrapes `/metrics`.
 pub fn install_prometheus() -> Result<PrometheusHandle, MetricsError> {
     let handle = PrometheusBuilder::new().set_buckets(&LATENCY_BUCKETS)?.install_recorder()?;

@@ -212,6 +212,9 @@ impl KafkaSink {
     /// for the records that did not fit; nothing waits for queue space.
     pub async fn send_all(&self, records: Vec<Outgoing<'_>>) -> Vec<Result<Delivered, KafkaSinkError>> {
         let n = records.len();
+        if n == 0 {
+            return Vec::new();
+        }
         let started = Instant::now();
         let (done, finished) = oneshot::channel();
         let batch = Arc::new(Batch {
@@ -232,7 +235,7 @@ impl KafkaSink {
         let _ = finished.await;
         let results =
             std::mem::take(&mut batch.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).results);
-        metrics::histogram!(m::KAFKA_PRODUCE_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(m::KAFKA_PRODUCE_DURATION_SECONDS).record_many(started.elapsed().as_secs_f64(), n);
         let mut failures: HashMap<&'static str, (u64, &str, String)> = HashMap::new();
         let out: Vec<Result<Delivered, KafkaSinkError>> = results
             .into_iter()
