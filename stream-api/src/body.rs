@@ -90,3 +90,184 @@ pub async fn json_document(
     let bytes = read(body, max_bytes, timeout).await?;
     json(&bytes)
 }
+
+/// A bulk body of the plain shape `{"events": [item, ...]}`, split into its items' texts without parsing them.
+/// `None` when the body is not of that shape, as far as the split can tell; the caller then parses it whole, which
+/// says what is wrong. Each item is parsed on its own afterwards, and an item that is not one whole JSON value must
+/// send the body to the whole parse too: then the body as a whole is valid JSON exactly when every item is, and the
+/// items are exactly the array's elements. (This replaces a first pass of serde over the whole body, which checked
+/// every item's text once before each item was parsed.)
+pub fn split_bulk(b: &[u8]) -> Option<Vec<&[u8]>> {
+    let ws = |i: &mut usize| {
+        while b.get(*i).is_some_and(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r')) {
+            *i += 1;
+        }
+    };
+    let mut i = 0;
+    for token in [&b"{"[..], b"\"events\"", b":", b"["] {
+        ws(&mut i);
+        if !b.get(i..)?.starts_with(token) {
+            return None;
+        }
+        i += token.len();
+    }
+    let mut items = Vec::new();
+    ws(&mut i);
+    if b.get(i) == Some(&b']') {
+        i += 1;
+    } else {
+        loop {
+            ws(&mut i);
+            let start = i;
+            // The item runs to the first `,` or `]` outside its strings and brackets.
+            let mut depth = 0usize;
+            let end = loop {
+                match *b.get(i)? {
+                    b'"' => {
+                        // To the closing quote: a backslash escapes the byte after it (in `\uXXXX` the digits are
+                        // never a quote or a backslash).
+                        i += 1;
+                        loop {
+                            i += memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
+                            if b[i] == b'"' {
+                                break;
+                            }
+                            i += 2;
+                        }
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' if depth > 0 => depth -= 1,
+                    b',' | b']' if depth == 0 => break i,
+                    b'}' => return None,
+                    _ => {}
+                }
+                i += 1;
+            };
+            let mut item = &b[start..end];
+            while let [rest @ .., b' ' | b'\t' | b'\n' | b'\r'] = item {
+                item = rest;
+            }
+            if item.is_empty() {
+                return None;
+            }
+            items.push(item);
+            i = end + 1;
+            if b[end] == b']' {
+                break;
+            }
+        }
+    }
+    ws(&mut i);
+    if b.get(i) != Some(&b'}') {
+        return None;
+    }
+    i += 1;
+    ws(&mut i);
+    (i == b.len()).then_some(items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_bulk;
+    use proptest::prelude::*;
+    use serde_json::value::RawValue;
+
+    /// The items as serde finds them (the plain shape only), or `None` when serde refuses the body.
+    fn serde_split(b: &[u8]) -> Option<Vec<Vec<u8>>> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Plain<'a> {
+            #[serde(borrow)]
+            events: Vec<&'a RawValue>,
+        }
+        let p: Plain<'_> = serde_json::from_slice(b).ok()?;
+        Some(p.events.iter().map(|r| r.get().as_bytes().to_vec()).collect())
+    }
+
+    /// What the handler makes of a split: every item must be JSON text on its own (UTF-8, as `Pipeline::document`
+    /// requires), else the whole parse decides.
+    fn checked(b: &[u8]) -> Option<Vec<Vec<u8>>> {
+        let items = split_bulk(b)?;
+        let json =
+            |i: &[u8]| std::str::from_utf8(i).is_ok_and(|t| serde_json::from_str::<serde::de::IgnoredAny>(t).is_ok());
+        items.iter().all(|i| json(i)).then(|| items.iter().map(|i| i.to_vec()).collect())
+    }
+
+    #[test]
+    fn plain_bodies_split_into_their_items() {
+        let cases: [(&str, Option<Vec<&str>>); 12] = [
+            (r#"{"events":[]}"#, Some(vec![])),
+            (" {\n \"events\" :\t[ ] } \r\n", Some(vec![])),
+            (r#"{"events":[{"a":1},{"b":[1,2,{"c":"]"}]}]}"#, Some(vec![r#"{"a":1}"#, r#"{"b":[1,2,{"c":"]"}]}"#])),
+            (
+                r#"{"events":[ {"s":"quote \" and \\ and , and ] and }"} , 7 ,"x"]}"#,
+                Some(vec![r#"{"s":"quote \" and \\ and , and ] and }"}"#, "7", r#""x""#]),
+            ),
+            (r#"{"events":[{"a":1},]}"#, None),
+            (r#"{"events":[,{"a":1}]}"#, None),
+            (r#"{"events":[{"a":1}}]}"#, None),
+            (r#"{"events":[{"a":1}]}x"#, None),
+            (r#"{"events":[{"a":1}],"more":1}"#, None),
+            (r#"{"\u0065vents":[{"a":1}]}"#, None),
+            (r#"{"events":[{"a":"unterminated}]}"#, None),
+            (r#"["events"]"#, None),
+        ];
+        for (body, want) in cases {
+            let got = split_bulk(body.as_bytes())
+                .map(|v| v.iter().map(|i| String::from_utf8_lossy(i).into_owned()).collect::<Vec<_>>());
+            assert_eq!(got, want.map(|v| v.into_iter().map(String::from).collect()), "{body}");
+        }
+    }
+
+    /// JSON text of bulk bodies: nested values with strings full of the bytes the split looks for, and whitespace
+    /// anywhere JSON allows it.
+    fn value() -> impl Strategy<Value = String> {
+        let ws = prop::sample::select(vec!["", " ", "\n", "\t ", "\r\n"]);
+        let string = "[a-z\"\\\\,\\[\\]{}: é\u{1}]{0,8}".prop_map(|s| serde_json::to_string(&s).unwrap_or_default());
+        let leaf = prop_oneof![string, Just("12".to_string()), Just("-1.5e3".to_string()), Just("null".to_string())];
+        leaf.prop_recursive(3, 24, 4, move |inner| {
+            let ws = ws.clone();
+            prop_oneof![
+                prop::collection::vec((inner.clone(), ws.clone()), 0..4).prop_map(|v| format!(
+                    "[{}]",
+                    v.into_iter().map(|(x, w)| format!("{w}{x}{w}")).collect::<Vec<_>>().join(",")
+                )),
+                prop::collection::vec(("[a-z\"]{0,3}", inner, ws), 0..4).prop_map(|v| format!(
+                    "{{{}}}",
+                    v.into_iter()
+                        .map(|(k, x, w)| format!("{w}{}{w}:{w}{x}", serde_json::to_string(&k).unwrap_or_default()))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// Valid bodies split exactly as serde reads them.
+        #[test]
+        fn same_items_as_serde(items in prop::collection::vec(value(), 0..6), w in "[ \n\t]{0,2}") {
+            let body = format!("{w}{{{w}\"events\"{w}:{w}[{w}{}{w}]{w}}}{w}", items.join(&format!("{w},{w}")));
+            prop_assert_eq!(checked(body.as_bytes()), serde_split(body.as_bytes()));
+        }
+
+        /// Cut or altered bodies: whatever the split accepts (with every item JSON on its own), serde reads the
+        /// same way; nothing serde refuses gets through.
+        #[test]
+        fn never_accepts_what_serde_refuses(items in prop::collection::vec(value(), 1..4), cut in 0usize..200, byte in 0u8..128) {
+            let body = format!("{{\"events\":[{}]}}", items.join(","));
+            let mut b = body.into_bytes();
+            let at = cut % b.len();
+            b[at] = byte;
+            if let Some(split) = checked(&b) {
+                prop_assert_eq!(Some(split), serde_split(&b));
+            }
+            b.truncate(at);
+            if let Some(split) = checked(&b) {
+                prop_assert_eq!(Some(split), serde_split(&b));
+            }
+        }
+    }
+}

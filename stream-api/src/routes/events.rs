@@ -14,7 +14,6 @@ use producer::sinks::redis_stream::ReadFilter;
 use producer::{Document, Outcome, Pipeline, RequestContext, Scope};
 use schemas::{cloudevents, EventType, FieldError};
 use serde::Serialize;
-use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -102,15 +101,6 @@ pub async fn publish(
     Ok((status, Json(ItemResult::new(None, &answer))).into_response())
 }
 
-/// A bulk body whose events are kept as their text. Nothing but `events`: skipping another key would skip the
-/// checks a `Value` parse makes on it (such a body takes the full parse instead).
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BulkText<'a> {
-    #[serde(borrow)]
-    events: Vec<&'a RawValue>,
-}
-
 /// `POST /events/bulk`: JSON `{"events": [...]}` or NDJSON. Per-item results in request order; 202 when all were
 /// accepted (or filtered), 207 when some were, and a problem document when none were.
 pub async fn bulk(
@@ -149,12 +139,10 @@ pub async fn bulk(
             })
             .collect()
     } else {
-        let plain = schemas::event::is_object_text(&bytes)
-            .then(|| serde_json::from_slice::<BulkText<'_>>(&bytes).ok())
-            .flatten()
-            .and_then(|b| {
-                b.events.iter().map(|raw| pipeline.document(raw.get().as_bytes()).ok()).collect::<Option<Vec<_>>>()
-            });
+        // The plain shape, split into its items; any item that is not JSON text on its own sends the body to the
+        // whole parse (see `body::split_bulk`).
+        let plain = body::split_bulk(&bytes)
+            .and_then(|items| items.into_iter().map(|item| pipeline.document(item).ok()).collect::<Option<Vec<_>>>());
         match plain {
             Some(docs) => docs.into_iter().map(Ok).collect(),
             // Not the plain shape: the full parse says what is wrong, or takes what the plain parse refused (a
