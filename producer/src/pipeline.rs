@@ -620,7 +620,7 @@ impl Pipeline {
             }
         }
         if let Some(e) = failure {
-            self.reconcile_topics(&topics.iter().collect::<Vec<_>>());
+            self.reconcile_topics(topics);
             return Err(match e {
                 KafkaSinkError::Retriable { .. } => IngestError::Unavailable(Box::new(e)),
                 KafkaSinkError::Final { .. } => {
@@ -663,7 +663,7 @@ impl Pipeline {
 
     /// After a delivery failure, makes sure the topics still exist (a broker that lost its data, or a topic
     /// deleted by hand), at most once per [`RECONCILE_EVERY`]. A no-op on a healthy cluster.
-    fn reconcile_topics(&self, topics: &[&str]) {
+    fn reconcile_topics(&self, topics: route::Topics<'_>) {
         let i = &self.inner;
         {
             let Ok(mut last) = i.last_reconcile.lock() else { return };
@@ -678,8 +678,7 @@ impl Pipeline {
             replication: i.cfg.replication,
             compacted: false,
         };
-        let specs: Vec<TopicSpec> =
-            topics.iter().map(|t| spec(t)).chain(std::iter::once(spec(i.dead.topic()))).collect();
+        let specs: Vec<TopicSpec> = topics.iter().map(spec).chain(std::iter::once(spec(i.dead.topic()))).collect();
         let admin = i.topics.clone();
         tokio::spawn(async move {
             if let Err(e) = admin.ensure(&specs).await {

@@ -99,8 +99,10 @@ pub async fn json_document(
 /// than it has inside the body, as with the serde pass over the whole body that this replaces, which checked every
 /// item's text once before each item was parsed.)
 pub fn split_bulk(b: &[u8]) -> Option<Vec<&[u8]>> {
+    // JSON's whitespace, and nothing else.
+    let is_ws = |c: &u8| matches!(c, b' ' | b'\t' | b'\n' | b'\r');
     let ws = |i: &mut usize| {
-        while b.get(*i).is_some_and(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r')) {
+        while b.get(*i).is_some_and(is_ws) {
             *i += 1;
         }
     };
@@ -145,7 +147,10 @@ pub fn split_bulk(b: &[u8]) -> Option<Vec<&[u8]>> {
                 i += 1;
             };
             let mut item = &b[start..end];
-            while let [rest @ .., b' ' | b'\t' | b'\n' | b'\r'] = item {
+            while let [rest @ .., last] = item {
+                if !is_ws(last) {
+                    break;
+                }
                 item = rest;
             }
             if item.is_empty() {

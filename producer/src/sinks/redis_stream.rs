@@ -313,6 +313,15 @@ impl redis::ToRedisArgs for JsonArray<'_> {
     }
 }
 
+/// A stream written since its last trim: the events written since then, when that began, and its bounds as of the
+/// newest of them.
+struct Untrimmed {
+    events: usize,
+    since: Instant,
+    max_len: u64,
+    retention_ms: u64,
+}
+
 /// Drains the queue in batches; one transaction per batch, with an entry per [`MAX_ENTRY_EVENTS`] events of a
 /// tenant. A batch that fails because Redis is away, slow or loading is retried, with backoff, until Redis takes
 /// it: while Redis is away the bounded queue fills (the window catches up when Redis is back), and beyond the
@@ -320,8 +329,8 @@ impl redis::ToRedisArgs for JsonArray<'_> {
 /// refuses (see [`refused`]) is dropped and counted at once: sent again, it would meet the same answer.
 async fn writer(redis: RedisConn, mut rx: mpsc::Receiver<StreamEntry>) {
     let mut batch = Vec::with_capacity(MAX_PIPELINE);
-    // Streams written since their last trim: their events since then, when that began, and their bounds.
-    let mut untrimmed: HashMap<TenantId, (usize, Instant, u64, u64)> = HashMap::new();
+    // Streams written since their last trim.
+    let mut untrimmed: HashMap<TenantId, Untrimmed> = HashMap::new();
     loop {
         // Idle for `TRIM_EVERY`: nothing to write, but whatever waits for its trim is trimmed now.
         let idle = match tokio::time::timeout(TRIM_EVERY, rx.recv_many(&mut batch, MAX_PIPELINE)).await {
@@ -366,18 +375,23 @@ async fn writer(redis: RedisConn, mut rx: mpsc::Receiver<StreamEntry>) {
                 pipe.cmd("RPUSH").arg(&sizes).arg(chunk.len()).ignore();
                 pipe.cmd("INCRBY").arg(&count).arg(chunk.len()).ignore();
             }
-            let u = untrimmed.entry((*tenant).clone()).or_insert((0, Instant::now(), 0, 0));
-            (u.0, u.2, u.3) = (u.0 + events.len(), *max_len, *retention_ms);
+            let u = untrimmed.entry((*tenant).clone()).or_insert_with(|| Untrimmed {
+                events: 0,
+                since: Instant::now(),
+                max_len: 0,
+                retention_ms: 0,
+            });
+            (u.events, u.max_len, u.retention_ms) = (u.events + events.len(), *max_len, *retention_ms);
         }
         // A stream is trimmed once an entry's worth of events or `TRIM_EVERY` has passed since its last trim (the
         // script costs Redis about as much as ten small entries, so not after every write of a few events).
         let due: Vec<TenantId> = untrimmed
             .iter()
-            .filter(|(_, (n, since, ..))| idle || *n >= MAX_ENTRY_EVENTS || since.elapsed() >= TRIM_EVERY)
+            .filter(|(_, u)| idle || u.events >= MAX_ENTRY_EVENTS || u.since.elapsed() >= TRIM_EVERY)
             .map(|(t, _)| t.clone())
             .collect();
         for t in &due {
-            let (_, _, max_len, retention_ms) = untrimmed[t];
+            let Untrimmed { max_len, retention_ms, .. } = untrimmed[t];
             let (count, sizes) = count_keys(t);
             pipe.cmd("EVAL").arg(TRIM).arg(3).arg(stream_key(t)).arg(&sizes).arg(&count);
             pipe.arg(max_len).arg(now_ms.saturating_sub(retention_ms)).ignore();

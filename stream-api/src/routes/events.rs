@@ -255,7 +255,7 @@ fn bulk_body(status: &str, accepted: usize, results: &[Result<Outcome, ApiError>
     let mut out = Vec::with_capacity(96 + results.len() * 160);
     out.extend_from_slice(b"{\"status\":");
     schemas::encode::string(&mut out, status);
-    let (mut n, mut num) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let mut n = itoa::Buffer::new();
     out.extend_from_slice(b",\"accepted\":");
     out.extend_from_slice(n.format(accepted).as_bytes());
     out.extend_from_slice(b",\"rejected\":");
@@ -274,9 +274,9 @@ fn bulk_body(status: &str, accepted: usize, results: &[Result<Outcome, ApiError>
                 out.extend_from_slice(b",\"topic\":");
                 schemas::encode::string(&mut out, &a.topic);
                 out.extend_from_slice(b",\"partition\":");
-                out.extend_from_slice(num.format(a.partition).as_bytes());
+                out.extend_from_slice(n.format(a.partition).as_bytes());
                 out.extend_from_slice(b",\"offset\":");
-                out.extend_from_slice(num.format(a.offset).as_bytes());
+                out.extend_from_slice(n.format(a.offset).as_bytes());
                 if a.duplicate {
                     out.extend_from_slice(b",\"duplicate\":true");
                 }
