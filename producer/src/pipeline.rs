@@ -22,7 +22,7 @@ use schemas::config::{DestinationKind, FilterOutcome};
 use schemas::event::{parse_owned, parse_text, peek_tenant, EventDraft};
 use schemas::{Catalog, Event, EventId, EventType, FieldError, SourceName, StreamConfig, TenantId};
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -150,13 +150,47 @@ type LastConfig = Option<(TenantId, Arc<StreamConfig>)>;
 
 /// An event that passed validation, authorisation and the tenant's filters, ready to be written.
 pub struct Prepared {
-    /// A written event's `data` and `metadata` are emptied once `json` holds them (a filtered one keeps them).
-    event: Event,
+    /// The envelope fields still needed once `json` holds the event: for its record headers, its answer and its
+    /// counts. The rest of the event is freed when `json` is written, while it is still in the cache.
+    event: Envelope,
     cfg: Arc<StreamConfig>,
     json: Arc<[u8]>,
     dedup_key: Option<String>,
     /// Set when the tenant's filters drop the event: nothing is written.
     filtered: Option<&'static str>,
+}
+
+/// What [`Prepared`] keeps of an event.
+struct Envelope {
+    id: EventId,
+    tenant_id: TenantId,
+    event_type: EventType,
+    source: SourceName,
+    occurred_at: OffsetDateTime,
+}
+
+impl From<Event> for Envelope {
+    fn from(e: Event) -> Self {
+        Self {
+            id: e.id,
+            tenant_id: e.tenant_id,
+            event_type: e.event_type,
+            source: e.source,
+            occurred_at: e.occurred_at,
+        }
+    }
+}
+
+impl Envelope {
+    fn head(&self) -> route::Head<'_> {
+        route::Head {
+            id: self.id.as_str(),
+            event_type: self.event_type.as_str(),
+            source: self.source.as_str(),
+            occurred_at: self.occurred_at,
+            tenant_id: self.tenant_id.as_str(),
+        }
+    }
 }
 
 enum Stage {
@@ -345,20 +379,34 @@ impl Pipeline {
 
         // Quotas: one check per tenant for all of its events in this request.
         let mut per_tenant: HashMap<TenantId, (Arc<StreamConfig>, u64, u64)> = HashMap::new();
+        // A request's events come in runs of one tenant: a run is added up first, and the map asked once per run
+        // (the tenant id cloned once per tenant), not once per event.
+        let mut run: Option<(&TenantId, &Arc<StreamConfig>, u64, u64)> = None;
+        let mut add = |t: &TenantId, cfg: &Arc<StreamConfig>, n: u64, bytes: u64| match per_tenant.get_mut(t) {
+            Some(e) => (e.1, e.2) = (e.1 + n, e.2 + bytes),
+            None => {
+                per_tenant.insert(t.clone(), (cfg.clone(), n, bytes));
+            }
+        };
         for s in &stages {
             if let Stage::Ready(p) = s {
                 if p.filtered.is_some() {
                     continue;
                 }
-                // Looked up before inserting: the tenant id is cloned once per request, not once per event.
                 let bytes = p.json.len() as u64;
-                match per_tenant.get_mut(&p.event.tenant_id) {
-                    Some(e) => (e.1, e.2) = (e.1 + 1, e.2 + bytes),
-                    None => {
-                        per_tenant.insert(p.event.tenant_id.clone(), (p.cfg.clone(), 1, bytes));
+                match &mut run {
+                    Some((t, _, n, b)) if *t == &p.event.tenant_id => (*n, *b) = (*n + 1, *b + bytes),
+                    _ => {
+                        if let Some((t, cfg, n, b)) = run.take() {
+                            add(t, cfg, n, b);
+                        }
+                        run = Some((&p.event.tenant_id, &p.cfg, 1, bytes));
                     }
                 }
             }
+        }
+        if let Some((t, cfg, n, b)) = run {
+            add(t, cfg, n, b);
         }
         let decisions = futures::future::join_all(per_tenant.iter().map(|(t, (cfg, n, bytes))| async move {
             (t.clone(), self.inner.quotas.take(t, cfg.quota.as_ref(), *n, *bytes).await)
@@ -545,14 +593,19 @@ impl Pipeline {
             i.stats.filtered(&event.tenant_id, reason);
             metrics::counter!(m::EVENTS_FILTERED_TOTAL, "tenant" => event.tenant_id.to_string(), "reason" => reason)
                 .increment(1);
-            return Prepared { event, cfg, json: Arc::from(&[][..]), dedup_key: None, filtered: Some(reason) };
+            return Prepared {
+                event: event.into(),
+                cfg,
+                json: Arc::from(&[][..]),
+                dedup_key: None,
+                filtered: Some(reason),
+            };
         }
         // Serialising an `Event` cannot fail: every field is a string, number, map or timestamp.
         let json: Arc<[u8]> = event.to_json().unwrap_or_default().into();
-        // From here on the JSON text stands for the event's body: its trees are freed now, while they are still in
-        // the cache, instead of after the broker's acknowledgement with the rest of the request.
-        let mut event = event;
-        (event.data, event.metadata) = (Map::new(), Map::new());
+        // From here on the JSON text stands for the event: what the envelope does not keep is freed now, while it
+        // is still in the cache, instead of after the broker's acknowledgement with the rest of the request.
+        let event = Envelope::from(event);
         let dedup_key =
             client_id.or_else(|| if single { ctx.idempotency_key.map(|k| format!("hdr:{k}")) } else { None });
         Prepared { event, cfg, json, dedup_key, filtered: None }
@@ -574,21 +627,49 @@ impl Pipeline {
                     topic,
                     key: p.event.tenant_id.as_str(),
                     payload: &p.json,
-                    headers: route::headers(&p.event),
+                    headers: p.event.head().headers(),
                     compress: p.cfg.compression_enabled,
                 });
             }
             routes.push(topics);
         }
         let mut delivered = i.kafka.send_all(records).await.into_iter();
-        prepared
+        let results: Vec<Result<Outcome, IngestError>> = prepared
             .iter()
             .zip(&routes)
             .map(|(p, topics)| self.settle(p, *topics, delivered.by_ref().take(topics.len())))
-            .collect()
+            .collect();
+        // Accepted events go to their tenant's window, a run of one tenant's events (with one config) at a time.
+        let mut run: Option<StreamEntry> = None;
+        for (p, r) in prepared.iter().zip(&results) {
+            if !matches!(r, Ok(Outcome::Accepted(_))) || !p.cfg.destination_enabled(DestinationKind::Redis) {
+                continue;
+            }
+            let (max_len, retention_ms) = (p.cfg.redis_max_len(), u64::from(p.cfg.retention_days) * 86_400_000);
+            match &mut run {
+                Some(e) if e.tenant == p.event.tenant_id && (e.max_len, e.retention_ms) == (max_len, retention_ms) => {
+                    e.events.push(p.json.clone());
+                }
+                _ => {
+                    let next = StreamEntry {
+                        tenant: p.event.tenant_id.clone(),
+                        events: vec![p.json.clone()],
+                        max_len,
+                        retention_ms,
+                    };
+                    if let Some(done) = run.replace(next) {
+                        i.redis.enqueue(done);
+                    }
+                }
+            }
+        }
+        if let Some(done) = run {
+            i.redis.enqueue(done);
+        }
+        results
     }
 
-    /// One event's answer from its records' acknowledgements; an accepted event is queued for Redis.
+    /// One event's answer from its records' acknowledgements.
     fn settle(
         &self,
         p: &Prepared,
@@ -600,7 +681,6 @@ impl Pipeline {
             return Ok(Outcome::Filtered { id: p.event.id.clone(), reason });
         }
         let event = &p.event;
-        let cfg = &p.cfg;
         // The first topic's place, and the others' (a tenant routing to one topic allocates no list).
         let (mut first, mut also) = (None, Vec::new());
         let mut failure = None;
@@ -640,14 +720,6 @@ impl Pipeline {
                 source: rdkafka::error::KafkaError::Canceled,
             })));
         };
-        if cfg.destination_enabled(DestinationKind::Redis) {
-            i.redis.enqueue(StreamEntry {
-                tenant: event.tenant_id.clone(),
-                json: p.json.clone(),
-                max_len: cfg.redis_max_len(),
-                retention_ms: u64::from(cfg.retention_days) * 86_400_000,
-            });
-        }
         Ok(Outcome::Accepted(Accepted {
             id: event.id.clone(),
             tenant: event.tenant_id.clone(),
@@ -691,12 +763,25 @@ impl Pipeline {
     /// Counts accepted events once per request and (tenant, type, source), not once per event.
     fn count_accepted(&self, results: &[Result<Outcome, IngestError>], elapsed: Duration) {
         let mut counts: HashMap<(&TenantId, EventType, &'static str), u64> = HashMap::new();
+        // Runs of the same (tenant, type, source) are added up before the map is asked (see `ingest_many`).
+        let mut run: Option<((&TenantId, EventType, &'static str), u64)> = None;
         for r in results {
             if let Ok(Outcome::Accepted(a)) = r {
                 if !a.duplicate {
-                    *counts.entry((&a.tenant, a.event_type, a.source_label)).or_default() += 1;
+                    let key = (&a.tenant, a.event_type, a.source_label);
+                    match &mut run {
+                        Some((k, n)) if *k == key => *n += 1,
+                        _ => {
+                            if let Some((k, n)) = run.replace((key, 1)) {
+                                *counts.entry(k).or_default() += n;
+                            }
+                        }
+                    }
                 }
             }
+        }
+        if let Some((k, n)) = run {
+            *counts.entry(k).or_default() += n;
         }
         for ((tenant, t, source), n) in counts {
             metrics::histogram!(m::INGEST_DURATION_SECONDS).record_many(elapsed.as_secs_f64(), n as usize);

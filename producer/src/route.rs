@@ -2,6 +2,7 @@
 
 use rdkafka::message::{Header, OwnedHeaders};
 use schemas::{Event, StreamConfig, TopicName};
+use time::OffsetDateTime;
 
 /// Where events go when the tenant names no topics of its own.
 pub const DEFAULT_EVENTS_TOPIC: &str = "evstream.events";
@@ -51,16 +52,43 @@ pub fn topics<'a>(cfg: &'a StreamConfig, default_topic: &'a str) -> Topics<'a> {
 
 /// CloudEvents Kafka protocol binding headers (`ce_*`) plus `tenant_id` and `content-type`.
 pub fn headers(e: &Event) -> OwnedHeaders {
-    schemas::event::with_rfc3339(e.occurred_at, |time| {
-        OwnedHeaders::new_with_capacity(8)
-            .insert(Header { key: "ce_specversion", value: Some("1.0") })
-            .insert(Header { key: "ce_id", value: Some(e.id.as_str()) })
-            .insert(Header { key: "ce_type", value: Some(e.event_type.as_str()) })
-            .insert(Header { key: "ce_source", value: Some(e.source.as_str()) })
-            .insert(Header { key: "ce_time", value: Some(time.unwrap_or_default()) })
-            .insert(Header { key: "tenant_id", value: Some(e.tenant_id.as_str()) })
-            .insert(Header { key: "content-type", value: Some("application/json") })
-    })
+    Head::of(e).headers()
+}
+
+/// The envelope fields a record's headers are made of.
+#[derive(Debug, Clone, Copy)]
+pub struct Head<'a> {
+    pub id: &'a str,
+    pub event_type: &'a str,
+    pub source: &'a str,
+    pub occurred_at: OffsetDateTime,
+    pub tenant_id: &'a str,
+}
+
+impl<'a> Head<'a> {
+    pub fn of(e: &'a Event) -> Self {
+        Self {
+            id: e.id.as_str(),
+            event_type: e.event_type.as_str(),
+            source: e.source.as_str(),
+            occurred_at: e.occurred_at,
+            tenant_id: e.tenant_id.as_str(),
+        }
+    }
+
+    /// See [`headers`].
+    pub fn headers(self) -> OwnedHeaders {
+        schemas::event::with_rfc3339(self.occurred_at, |time| {
+            OwnedHeaders::new_with_capacity(8)
+                .insert(Header { key: "ce_specversion", value: Some("1.0") })
+                .insert(Header { key: "ce_id", value: Some(self.id) })
+                .insert(Header { key: "ce_type", value: Some(self.event_type) })
+                .insert(Header { key: "ce_source", value: Some(self.source) })
+                .insert(Header { key: "ce_time", value: Some(time.unwrap_or_default()) })
+                .insert(Header { key: "tenant_id", value: Some(self.tenant_id) })
+                .insert(Header { key: "content-type", value: Some("application/json") })
+        })
+    }
 }
 
 #[cfg(test)]

@@ -20,11 +20,12 @@ use redis::AsyncCommands;
 use schemas::{EventType, TenantId};
 use std::collections::HashMap;
 use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// Most events one pipeline carries.
+/// Events one pipeline carries: it takes queued runs until it holds this many (a run is not split).
 const MAX_PIPELINE: usize = 1024;
 
 /// A stream written to is trimmed at the latest this long after, or once [`MAX_ENTRY_EVENTS`] more events are in.
@@ -92,17 +93,21 @@ pub enum RedisStreamSinkError {
     Unavailable(#[from] redis::RedisError),
 }
 
-/// One event on its way to its tenant's window: the envelope as stored in Kafka, and the window's bounds.
+/// A run of one tenant's events on their way to its window, in order (a request's, usually): the envelopes as
+/// stored in Kafka, and the window's bounds.
 pub struct StreamEntry {
     pub tenant: TenantId,
-    pub json: Arc<[u8]>,
+    pub events: Vec<Arc<[u8]>>,
     pub max_len: u64,
     pub retention_ms: u64,
 }
 
 #[derive(Clone)]
 pub struct RedisStreamSink {
-    tx: mpsc::Sender<StreamEntry>,
+    tx: mpsc::UnboundedSender<StreamEntry>,
+    /// Events queued and not yet taken by the writer, at most `capacity`.
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
     redis: RedisConn,
 }
 
@@ -172,17 +177,25 @@ fn count_keys(tenant: &TenantId) -> (String, String) {
 
 impl RedisStreamSinkConfig {
     pub fn build(&self, redis: RedisConn) -> RedisStreamSink {
-        let (tx, rx) = mpsc::channel(self.queue_capacity);
-        tokio::spawn(writer(redis.clone(), rx));
-        RedisStreamSink { tx, redis }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(writer(redis.clone(), rx, queued.clone()));
+        RedisStreamSink { tx, queued, capacity: self.queue_capacity, redis }
     }
 }
 
 impl RedisStreamSink {
-    /// Queues an event for its tenant stream. Never waits: a full queue drops the entry and counts it.
+    /// Queues a run of events for their tenant's stream. Never waits: a run that does not fit in the queue is
+    /// dropped whole, and its events counted.
     pub fn enqueue(&self, entry: StreamEntry) {
-        if self.tx.try_send(entry).is_err() {
-            metrics::counter!(m::REDIS_STREAM_WRITES_TOTAL, "result" => "dropped").increment(1);
+        let n = entry.events.len();
+        if n == 0 {
+            return;
+        }
+        let fits = self.queued.fetch_add(n, Ordering::AcqRel) + n <= self.capacity;
+        if !fits || self.tx.send(entry).is_err() {
+            self.queued.fetch_sub(n, Ordering::AcqRel);
+            metrics::counter!(m::REDIS_STREAM_WRITES_TOTAL, "result" => "dropped").increment(n as u64);
         }
     }
 
@@ -327,36 +340,45 @@ struct Untrimmed {
 /// it: while Redis is away the bounded queue fills (the window catches up when Redis is back), and beyond the
 /// queue's capacity new entries are dropped and counted (`result="dropped"`): that is the gap. A batch Redis
 /// refuses (see [`refused`]) is dropped and counted at once: sent again, it would meet the same answer.
-async fn writer(redis: RedisConn, mut rx: mpsc::Receiver<StreamEntry>) {
-    let mut batch = Vec::with_capacity(MAX_PIPELINE);
+async fn writer(redis: RedisConn, mut rx: mpsc::UnboundedReceiver<StreamEntry>, queued: Arc<AtomicUsize>) {
+    let mut batch: Vec<StreamEntry> = Vec::new();
     // Streams written since their last trim.
     let mut untrimmed: HashMap<TenantId, Untrimmed> = HashMap::new();
     loop {
         // Idle for `TRIM_EVERY`: nothing to write, but whatever waits for its trim is trimmed now.
-        let idle = match tokio::time::timeout(TRIM_EVERY, rx.recv_many(&mut batch, MAX_PIPELINE)).await {
-            Ok(0) => return,
-            Ok(_) => false,
+        let idle = match tokio::time::timeout(TRIM_EVERY, rx.recv()).await {
+            Ok(None) => return,
+            Ok(Some(e)) => {
+                batch.push(e);
+                false
+            }
             Err(_) if untrimmed.is_empty() => continue,
             Err(_) => true,
         };
+        // And whatever else is queued already, up to `MAX_PIPELINE` events (runs are not split).
+        let mut events: usize = batch.iter().map(|e| e.events.len()).sum();
+        while events < MAX_PIPELINE {
+            match rx.try_recv() {
+                Ok(e) => {
+                    events += e.events.len();
+                    batch.push(e);
+                }
+                Err(_) => break,
+            }
+        }
+        queued.fetch_sub(events, Ordering::AcqRel);
         let now_ms = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
-        // Each tenant's events in order, with its bounds (the newest event's config counts). A batch holds runs
-        // of one tenant's events (a request's), so the map is asked only when the tenant changes.
+        // Each tenant's events in order, with its bounds (the newest run's config counts).
         let mut streams: Vec<(&TenantId, Vec<&[u8]>, u64, u64)> = Vec::new();
         let mut index: HashMap<&TenantId, usize> = HashMap::new();
-        let mut last: Option<(&TenantId, usize)> = None;
-        // An event that could not be serialised has an empty text: it would break its entry's array.
-        for e in batch.iter().filter(|e| !e.json.is_empty()) {
-            let at = match last {
-                Some((t, at)) if t == &e.tenant => at,
-                _ => *index.entry(&e.tenant).or_insert_with(|| {
-                    streams.push((&e.tenant, Vec::new(), 0, 0));
-                    streams.len() - 1
-                }),
-            };
-            last = Some((&e.tenant, at));
+        for e in &batch {
+            let at = *index.entry(&e.tenant).or_insert_with(|| {
+                streams.push((&e.tenant, Vec::new(), 0, 0));
+                streams.len() - 1
+            });
             let s = &mut streams[at];
-            s.1.push(&e.json);
+            // An event that could not be serialised has an empty text: it would break its entry's array.
+            s.1.extend(e.events.iter().filter(|j| !j.is_empty()).map(|j| &j[..]));
             (s.2, s.3) = (e.max_len, e.retention_ms);
         }
         // One transaction: no other writer's commands come between an entry and its size, and a batch cut off by
@@ -404,14 +426,13 @@ async fn writer(redis: RedisConn, mut rx: mpsc::Receiver<StreamEntry>) {
                 // window, counted; Kafka has it. A runtime error inside the transaction leaves the other
                 // commands applied, so after a refusal the counter may count a few written events as dropped.
                 Err(e) if refused(&e) => {
-                    metrics::counter!(m::REDIS_STREAM_WRITES_TOTAL, "result" => "dropped")
-                        .increment(batch.len() as u64);
-                    tracing::warn!(error = %e, events = batch.len(), "redis refused a window write; left out of the window");
+                    metrics::counter!(m::REDIS_STREAM_WRITES_TOTAL, "result" => "dropped").increment(events as u64);
+                    tracing::warn!(error = %e, events, "redis refused a window write; left out of the window");
                     break false;
                 }
                 // Redis away, slow or loading: the same batch again, until it is back.
                 Err(e) => {
-                    metrics::counter!(m::REDIS_STREAM_WRITES_TOTAL, "result" => "error").increment(batch.len() as u64);
+                    metrics::counter!(m::REDIS_STREAM_WRITES_TOTAL, "result" => "error").increment(events as u64);
                     tracing::debug!(error = %e, "redis stream write failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(2));
@@ -419,7 +440,7 @@ async fn writer(redis: RedisConn, mut rx: mpsc::Receiver<StreamEntry>) {
             }
         };
         if written {
-            metrics::counter!(m::REDIS_STREAM_WRITES_TOTAL, "result" => "ok").increment(batch.len() as u64);
+            metrics::counter!(m::REDIS_STREAM_WRITES_TOTAL, "result" => "ok").increment(events as u64);
         }
         // Trimmed, or refused: either way not asked again until the stream is due again, so that one stream Redis
         // refuses (a key of another type) does not fail every later batch with it.
