@@ -48,15 +48,9 @@ impl Event {
     }
 }
 
-/// Whether `s` has nothing JSON must escape: no quote, no backslash, no control character. serde_json escapes
-/// exactly these. No early exit, so that the loop vectorises.
-fn clean(s: &[u8]) -> bool {
-    !s.iter().fold(false, |dirty, &b| dirty | (b < 0x20) | (b == b'"') | (b == b'\\'))
-}
-
 /// Appends `s` as a JSON string, byte for byte as serde_json writes it.
 pub fn string(out: &mut Vec<u8>, s: &str) {
-    if clean(s.as_bytes()) {
+    if crate::scan::clean(s.as_bytes()) {
         out.reserve(s.len() + 2);
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
@@ -180,6 +174,7 @@ mod tests {
 
     proptest! {
         #![proptest_config(proptest::test_runner::Config::with_cases(512))]
+
 
         /// The hand-written envelope is exactly serde's.
         #[test]

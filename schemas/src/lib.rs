@@ -20,6 +20,7 @@ pub mod field;
 pub mod ids;
 pub mod policy;
 pub mod receiver;
+pub mod scan;
 
 pub use catalog::{Catalog, EventType};
 pub use config::StreamConfig;

@@ -131,7 +131,7 @@ pub fn split_bulk(b: &[u8]) -> Option<Vec<&[u8]>> {
                         // never a quote or a backslash).
                         i += 1;
                         loop {
-                            i += memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
+                            i += schemas::scan::quote_or_backslash(b.get(i..)?)?;
                             if b[i] == b'"' {
                                 break;
                             }
