@@ -60,14 +60,14 @@ pub struct BenchArgs {
 pub(crate) struct Figures {
     name: &'static str,
     events: usize,
-    /// From the first request (record) to the last acknowledgement: what the rate is of.
+    /// From the first request (record) to the last acknowledgement.
     elapsed: Duration,
     latencies: Vec<Duration>,
     /// CPU seconds used while it ran, per process of the [`CpuMeter`], then the machine's steal. For the HTTP
     /// scenarios this runs on until the Redis window holds every event, so the window's writes are in it.
     cpu: Vec<Option<f64>>,
-    /// For the HTTP scenarios: how long after the last response the Redis window held every event (not in
-    /// `elapsed`, in `cpu`).
+    /// For the HTTP scenarios: how long after the last response the Redis window held every event (in the rate
+    /// and in `cpu`, not in `elapsed`).
     window_lag: Option<Duration>,
 }
 
@@ -87,12 +87,14 @@ impl Figures {
         self
     }
 
-    /// Acknowledged events per second.
+    /// Events per second, until the last acknowledgement and, for the HTTP scenarios, until the window held every
+    /// event: the server's work is done then, as (a)'s is at its last acknowledgement.
     fn rate(&self) -> f64 {
-        self.events as f64 / self.elapsed.as_secs_f64()
+        self.events as f64 / self.measured().as_secs_f64()
     }
 
-    /// The time the CPU figures were taken over: until the last acknowledgement, then until the window caught up.
+    /// The time the rate and the CPU figures are taken over: until the last acknowledgement, then until the window
+    /// caught up.
     fn measured(&self) -> Duration {
         self.elapsed + self.window_lag.unwrap_or_default()
     }
@@ -116,9 +118,9 @@ impl Figures {
         );
         if let Some(lag) = self.window_lag {
             println!(
-                "    the Redis window held every event {:.1} ms after the last response ({:.0} events/s up to then)",
+                "    the Redis window held every event {:.1} ms after the last response ({:.0} events/s acknowledged)",
                 lag.as_secs_f64() * 1e3,
-                self.events as f64 / self.measured().as_secs_f64()
+                self.events as f64 / self.elapsed.as_secs_f64()
             );
         }
     }
@@ -126,10 +128,9 @@ impl Figures {
 
 /// The server's Redis window, watched so that an HTTP scenario ends only when every accepted event is in it. The
 /// server writes the window after the Kafka acknowledgement, so the last response can come before the last
-/// write. The rate is of acknowledged events (the clock stops at the last response), but the CPU figures run on
-/// until the window holds every event, so that its writes are paid for; the lag is printed beside. It reads the
-/// server's own count of events written to Redis (`evstream_redis_stream_writes_total{result="ok"}` on
-/// `/metrics`).
+/// write; stopping the clock there would leave that work out of the figures. The lag is printed beside, with the
+/// rate of acknowledged events. It reads the server's own count of events written to Redis
+/// (`evstream_redis_stream_writes_total{result="ok"}` on `/metrics`).
 struct Window {
     http: reqwest::Client,
     metrics: String,

@@ -150,8 +150,8 @@ type LastConfig = Option<(TenantId, Arc<StreamConfig>)>;
 
 /// An event that passed validation, authorisation and the tenant's filters, ready to be written.
 pub struct Prepared {
-    /// The envelope fields still needed once `json` holds the event: for its record headers, its answer and its
-    /// counts. The rest of the event is freed when `json` is written, while it is still in the cache.
+    /// The envelope fields still needed once the event is serialised (or filtered): for its record headers, its
+    /// answer and its counts. The rest of the event is freed right away, while it is still in the cache.
     event: Envelope,
     cfg: Arc<StreamConfig>,
     json: Arc<[u8]>,
@@ -642,7 +642,9 @@ impl Pipeline {
         // Accepted events go to their tenant's window, a run of one tenant's events (with one config) at a time.
         let mut run: Option<StreamEntry> = None;
         for (p, r) in prepared.iter().zip(&results) {
-            if !matches!(r, Ok(Outcome::Accepted(_))) || !p.cfg.destination_enabled(DestinationKind::Redis) {
+            // An event that could not be serialised has an empty text, which would break its entry's array.
+            let written = matches!(r, Ok(Outcome::Accepted(_))) && !p.json.is_empty();
+            if !written || !p.cfg.destination_enabled(DestinationKind::Redis) {
                 continue;
             }
             let (max_len, retention_ms) = (p.cfg.redis_max_len(), u64::from(p.cfg.retention_days) * 86_400_000);
@@ -759,7 +761,6 @@ impl Pipeline {
         });
     }
 
-    /// Counts a rejection against the tenant (when registered) and dead-letters what was rejected after parsing.
     /// Counts accepted events once per request and (tenant, type, source), not once per event.
     fn count_accepted(&self, results: &[Result<Outcome, IngestError>], elapsed: Duration) {
         let mut counts: HashMap<(&TenantId, EventType, &'static str), u64> = HashMap::new();

@@ -1,7 +1,7 @@
 //! The stored envelope as JSON text, written by hand: byte for byte what `serde_json::to_vec(&event)` writes (a
 //! property test holds the two together), but faster on the ingest path. serde_json looks at every byte of every
-//! string to find what needs escaping; here a string is first checked whole, in a loop the compiler vectorises,
-//! and copied in one piece when it is clean, which nearly every string is. Only a string that needs escaping goes
+//! string to find what needs escaping; here a string is first checked whole, eight bytes at a time
+//! ([`crate::scan::clean`]), and copied in one piece when it is clean, which nearly every string is. Only a string that needs escaping goes
 //! through serde_json.
 
 use crate::event::{with_rfc3339, Event};
@@ -174,7 +174,6 @@ mod tests {
 
     proptest! {
         #![proptest_config(proptest::test_runner::Config::with_cases(512))]
-
 
         /// The hand-written envelope is exactly serde's.
         #[test]

@@ -4,9 +4,9 @@
 const ONES: u64 = u64::from_le_bytes([1; 8]);
 const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
 
-/// The high bit of each byte of `w` below `n` (`n` at most 0x80), and perhaps of bytes above the first of them
-/// (a borrow runs upwards): the classic test, exact as a yes or no, and its lowest set bit marks the first such
-/// byte.
+/// A high bit set for the first byte of `w` below `n` (`n` at most 0x80), and perhaps for bytes above it (a borrow
+/// runs upwards), so that only two things are exact: whether there is one, and which is the first (the lowest set
+/// bit). The classic test.
 const fn below(w: u64, n: u8) -> u64 {
     w.wrapping_sub(ONES * n as u64) & !w & HIGHS
 }

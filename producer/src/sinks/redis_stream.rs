@@ -25,7 +25,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// Events one pipeline carries: it takes queued runs until it holds this many (a run is not split).
+/// Events one pipeline carries, about: it takes queued runs until it holds this many, so it may hold up to one
+/// run (one request's events) more.
 const MAX_PIPELINE: usize = 1024;
 
 /// A stream written to is trimmed at the latest this long after, or once [`MAX_ENTRY_EVENTS`] more events are in.
@@ -94,7 +95,8 @@ pub enum RedisStreamSinkError {
 }
 
 /// A run of one tenant's events on their way to its window, in order (a request's, usually): the envelopes as
-/// stored in Kafka, and the window's bounds.
+/// stored in Kafka, and the window's bounds. (Not a stream entry: the writer packs a run into entries of up to
+/// [`MAX_ENTRY_EVENTS`].)
 pub struct StreamEntry {
     pub tenant: TenantId,
     pub events: Vec<Arc<[u8]>>,
@@ -185,17 +187,24 @@ impl RedisStreamSinkConfig {
 }
 
 impl RedisStreamSink {
-    /// Queues a run of events for their tenant's stream. Never waits: a run that does not fit in the queue is
-    /// dropped whole, and its events counted.
-    pub fn enqueue(&self, entry: StreamEntry) {
+    /// Queues a run of events for their tenant's stream. Never waits: as many of its events as the queue has room
+    /// for go in, in order, and the rest are dropped and counted.
+    pub fn enqueue(&self, mut entry: StreamEntry) {
         let n = entry.events.len();
-        if n == 0 {
-            return;
+        let mut room = 0;
+        // Only what is taken is added, so a run that does not fit never crowds out one that does.
+        let _ = self.queued.fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+            room = n.min(self.capacity.saturating_sub(q));
+            Some(q + room)
+        });
+        let dropped = n - room;
+        entry.events.truncate(room);
+        if room > 0 && self.tx.send(entry).is_err() {
+            self.queued.fetch_sub(room, Ordering::AcqRel);
+            metrics::counter!(m::REDIS_STREAM_WRITES_TOTAL, "result" => "dropped").increment(room as u64);
         }
-        let fits = self.queued.fetch_add(n, Ordering::AcqRel) + n <= self.capacity;
-        if !fits || self.tx.send(entry).is_err() {
-            self.queued.fetch_sub(n, Ordering::AcqRel);
-            metrics::counter!(m::REDIS_STREAM_WRITES_TOTAL, "result" => "dropped").increment(n as u64);
+        if dropped > 0 {
+            metrics::counter!(m::REDIS_STREAM_WRITES_TOTAL, "result" => "dropped").increment(dropped as u64);
         }
     }
 
@@ -338,7 +347,7 @@ struct Untrimmed {
 /// Drains the queue in batches; one transaction per batch, with an entry per [`MAX_ENTRY_EVENTS`] events of a
 /// tenant. A batch that fails because Redis is away, slow or loading is retried, with backoff, until Redis takes
 /// it: while Redis is away the bounded queue fills (the window catches up when Redis is back), and beyond the
-/// queue's capacity new entries are dropped and counted (`result="dropped"`): that is the gap. A batch Redis
+/// queue's capacity new events are dropped and counted (`result="dropped"`): that is the gap. A batch Redis
 /// refuses (see [`refused`]) is dropped and counted at once: sent again, it would meet the same answer.
 async fn writer(redis: RedisConn, mut rx: mpsc::UnboundedReceiver<StreamEntry>, queued: Arc<AtomicUsize>) {
     let mut batch: Vec<StreamEntry> = Vec::new();
@@ -356,17 +365,17 @@ async fn writer(redis: RedisConn, mut rx: mpsc::UnboundedReceiver<StreamEntry>, 
             Err(_) => true,
         };
         // And whatever else is queued already, up to `MAX_PIPELINE` events (runs are not split).
-        let mut events: usize = batch.iter().map(|e| e.events.len()).sum();
-        while events < MAX_PIPELINE {
+        let mut taken: usize = batch.iter().map(|e| e.events.len()).sum();
+        while taken < MAX_PIPELINE {
             match rx.try_recv() {
                 Ok(e) => {
-                    events += e.events.len();
+                    taken += e.events.len();
                     batch.push(e);
                 }
                 Err(_) => break,
             }
         }
-        queued.fetch_sub(events, Ordering::AcqRel);
+        queued.fetch_sub(taken, Ordering::AcqRel);
         let now_ms = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
         // Each tenant's events in order, with its bounds (the newest run's config counts).
         let mut streams: Vec<(&TenantId, Vec<&[u8]>, u64, u64)> = Vec::new();
@@ -426,13 +435,13 @@ async fn writer(redis: RedisConn, mut rx: mpsc::UnboundedReceiver<StreamEntry>, 
                 // window, counted; Kafka has it. A runtime error inside the transaction leaves the other
                 // commands applied, so after a refusal the counter may count a few written events as dropped.
                 Err(e) if refused(&e) => {
-                    metrics::counter!(m::REDIS_STREAM_WRITES_TOTAL, "result" => "dropped").increment(events as u64);
-                    tracing::warn!(error = %e, events, "redis refused a window write; left out of the window");
+                    metrics::counter!(m::REDIS_STREAM_WRITES_TOTAL, "result" => "dropped").increment(taken as u64);
+                    tracing::warn!(error = %e, events = taken, "redis refused a window write; left out of the window");
                     break false;
                 }
                 // Redis away, slow or loading: the same batch again, until it is back.
                 Err(e) => {
-                    metrics::counter!(m::REDIS_STREAM_WRITES_TOTAL, "result" => "error").increment(events as u64);
+                    metrics::counter!(m::REDIS_STREAM_WRITES_TOTAL, "result" => "error").increment(taken as u64);
                     tracing::debug!(error = %e, "redis stream write failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(2));
@@ -440,7 +449,7 @@ async fn writer(redis: RedisConn, mut rx: mpsc::UnboundedReceiver<StreamEntry>, 
             }
         };
         if written {
-            metrics::counter!(m::REDIS_STREAM_WRITES_TOTAL, "result" => "ok").increment(events as u64);
+            metrics::counter!(m::REDIS_STREAM_WRITES_TOTAL, "result" => "ok").increment(taken as u64);
         }
         // Trimmed, or refused: either way not asked again until the stream is due again, so that one stream Redis
         // refuses (a key of another type) does not fail every later batch with it.
@@ -448,5 +457,42 @@ async fn writer(redis: RedisConn, mut rx: mpsc::UnboundedReceiver<StreamEntry>, 
             untrimmed.remove(t);
         }
         batch.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(tenant: &TenantId, texts: &[&str]) -> StreamEntry {
+        StreamEntry {
+            tenant: tenant.clone(),
+            events: texts.iter().map(|t| Arc::from(t.as_bytes())).collect(),
+            max_len: 100,
+            retention_ms: 1_000,
+        }
+    }
+
+    /// The queue's bound counts events: a run takes what room is left, in order, and the rest is dropped; what the
+    /// writer takes makes room again. (No writer here: the test holds the queue's other end.)
+    #[tokio::test]
+    async fn the_queue_bound_counts_events() {
+        let redis = RedisConn::connect("redis://127.0.0.1:1").await.expect("a valid URL");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let sink = RedisStreamSink { tx, queued: Arc::new(AtomicUsize::new(0)), capacity: 5, redis };
+        let t = TenantId::new("acme").expect("valid tenant");
+        sink.enqueue(run(&t, &["1", "2", "3"]));
+        sink.enqueue(run(&t, &["4", "5", "6", "7"]));
+        sink.enqueue(run(&t, &["8"]));
+        let texts =
+            |e: &StreamEntry| e.events.iter().map(|j| String::from_utf8_lossy(j).into_owned()).collect::<Vec<_>>();
+        assert_eq!(texts(&rx.try_recv().expect("first run")), ["1", "2", "3"]);
+        assert_eq!(texts(&rx.try_recv().expect("what fitted of the second")), ["4", "5"]);
+        assert!(rx.try_recv().is_err(), "a full queue takes nothing");
+        assert_eq!(sink.queued.load(Ordering::Acquire), 5);
+        // The writer took five: there is room for five again.
+        sink.queued.fetch_sub(5, Ordering::AcqRel);
+        sink.enqueue(run(&t, &["9"]));
+        assert_eq!(texts(&rx.try_recv().expect("room again")), ["9"]);
     }
 }
