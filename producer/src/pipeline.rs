@@ -160,6 +160,20 @@ pub struct Prepared {
     filtered: Option<&'static str>,
 }
 
+/// Consecutive items with the same key, as `(key, items)`. A request's events come in runs of one tenant, so what
+/// is kept per tenant (quota sums, counts, window writes) is looked up once per run instead of once per event.
+fn runs<T, K: PartialEq>(items: impl IntoIterator<Item = T>, key: impl Fn(&T) -> K) -> Vec<(K, Vec<T>)> {
+    let mut out: Vec<(K, Vec<T>)> = Vec::new();
+    for item in items {
+        let k = key(&item);
+        match out.last_mut() {
+            Some((last, run)) if *last == k => run.push(item),
+            _ => out.push((k, vec![item])),
+        }
+    }
+    out
+}
+
 /// What [`Prepared`] keeps of an event.
 struct Envelope {
     id: EventId,
@@ -379,34 +393,18 @@ impl Pipeline {
 
         // Quotas: one check per tenant for all of its events in this request.
         let mut per_tenant: HashMap<TenantId, (Arc<StreamConfig>, u64, u64)> = HashMap::new();
-        // A request's events come in runs of one tenant: a run is added up first, and the map asked once per run
-        // (the tenant id cloned once per tenant), not once per event.
-        let mut run: Option<(&TenantId, &Arc<StreamConfig>, u64, u64)> = None;
-        let mut add = |t: &TenantId, cfg: &Arc<StreamConfig>, n: u64, bytes: u64| match per_tenant.get_mut(t) {
-            Some(e) => (e.1, e.2) = (e.1 + n, e.2 + bytes),
-            None => {
-                per_tenant.insert(t.clone(), (cfg.clone(), n, bytes));
-            }
-        };
-        for s in &stages {
-            if let Stage::Ready(p) = s {
-                if p.filtered.is_some() {
-                    continue;
-                }
-                let bytes = p.json.len() as u64;
-                match &mut run {
-                    Some((t, _, n, b)) if *t == &p.event.tenant_id => (*n, *b) = (*n + 1, *b + bytes),
-                    _ => {
-                        if let Some((t, cfg, n, b)) = run.take() {
-                            add(t, cfg, n, b);
-                        }
-                        run = Some((&p.event.tenant_id, &p.cfg, 1, bytes));
-                    }
+        let to_write = stages.iter().filter_map(|s| match s {
+            Stage::Ready(p) if p.filtered.is_none() => Some(&**p),
+            _ => None,
+        });
+        for (tenant, run) in runs(to_write, |p| &p.event.tenant_id) {
+            let (n, bytes) = (run.len() as u64, run.iter().map(|p| p.json.len() as u64).sum::<u64>());
+            match per_tenant.get_mut(tenant) {
+                Some(e) => (e.1, e.2) = (e.1 + n, e.2 + bytes),
+                None => {
+                    per_tenant.insert(tenant.clone(), (run[0].cfg.clone(), n, bytes));
                 }
             }
-        }
-        if let Some((t, cfg, n, b)) = run {
-            add(t, cfg, n, b);
         }
         let decisions = futures::future::join_all(per_tenant.iter().map(|(t, (cfg, n, bytes))| async move {
             (t.clone(), self.inner.quotas.take(t, cfg.quota.as_ref(), *n, *bytes).await)
@@ -640,33 +638,14 @@ impl Pipeline {
             .map(|(p, topics)| self.settle(p, *topics, delivered.by_ref().take(topics.len())))
             .collect();
         // Accepted events go to their tenant's window, a run of one tenant's events (with one config) at a time.
-        let mut run: Option<StreamEntry> = None;
-        for (p, r) in prepared.iter().zip(&results) {
-            // An event that could not be serialised has an empty text, which would break its entry's array.
-            let written = matches!(r, Ok(Outcome::Accepted(_))) && !p.json.is_empty();
-            if !written || !p.cfg.destination_enabled(DestinationKind::Redis) {
-                continue;
-            }
-            let (max_len, retention_ms) = (p.cfg.redis_max_len(), u64::from(p.cfg.retention_days) * 86_400_000);
-            match &mut run {
-                Some(e) if e.tenant == p.event.tenant_id && (e.max_len, e.retention_ms) == (max_len, retention_ms) => {
-                    e.events.push(p.json.clone());
-                }
-                _ => {
-                    let next = StreamEntry {
-                        tenant: p.event.tenant_id.clone(),
-                        events: vec![p.json.clone()],
-                        max_len,
-                        retention_ms,
-                    };
-                    if let Some(done) = run.replace(next) {
-                        i.redis.enqueue(done);
-                    }
-                }
-            }
-        }
-        if let Some(done) = run {
-            i.redis.enqueue(done);
+        let to_window = prepared.iter().zip(&results).filter_map(|(p, r)| {
+            let accepted = matches!(r, Ok(Outcome::Accepted(_)));
+            (accepted && p.cfg.destination_enabled(DestinationKind::Redis)).then_some(*p)
+        });
+        let bounds = |p: &&Prepared| (p.cfg.redis_max_len(), u64::from(p.cfg.retention_days) * 86_400_000);
+        for ((tenant, (max_len, retention_ms)), run) in runs(to_window, |p| (&p.event.tenant_id, bounds(p))) {
+            let events = run.iter().map(|p| p.json.clone()).collect();
+            i.redis.enqueue(StreamEntry { tenant: tenant.clone(), events, max_len, retention_ms });
         }
         results
     }
@@ -764,25 +743,12 @@ impl Pipeline {
     /// Counts accepted events once per request and (tenant, type, source), not once per event.
     fn count_accepted(&self, results: &[Result<Outcome, IngestError>], elapsed: Duration) {
         let mut counts: HashMap<(&TenantId, EventType, &'static str), u64> = HashMap::new();
-        // Runs of the same (tenant, type, source) are added up before the map is asked (see `ingest_many`).
-        let mut run: Option<((&TenantId, EventType, &'static str), u64)> = None;
-        for r in results {
-            if let Ok(Outcome::Accepted(a)) = r {
-                if !a.duplicate {
-                    let key = (&a.tenant, a.event_type, a.source_label);
-                    match &mut run {
-                        Some((k, n)) if *k == key => *n += 1,
-                        _ => {
-                            if let Some((k, n)) = run.replace((key, 1)) {
-                                *counts.entry(k).or_default() += n;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        if let Some((k, n)) = run {
-            *counts.entry(k).or_default() += n;
+        let fresh = results.iter().filter_map(|r| match r {
+            Ok(Outcome::Accepted(a)) if !a.duplicate => Some(a),
+            _ => None,
+        });
+        for (key, run) in runs(fresh, |a| (&a.tenant, a.event_type, a.source_label)) {
+            *counts.entry(key).or_default() += run.len() as u64;
         }
         for ((tenant, t, source), n) in counts {
             metrics::histogram!(m::INGEST_DURATION_SECONDS).record_many(elapsed.as_secs_f64(), n as usize);

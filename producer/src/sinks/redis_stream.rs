@@ -188,8 +188,10 @@ impl RedisStreamSinkConfig {
 
 impl RedisStreamSink {
     /// Queues a run of events for their tenant's stream. Never waits: as many of its events as the queue has room
-    /// for go in, in order, and the rest are dropped and counted.
+    /// for go in, in order, and the rest are dropped and counted. An event without text (one that could not be
+    /// serialised) is left out: it would break its entry's array.
     pub fn enqueue(&self, mut entry: StreamEntry) {
+        entry.events.retain(|j| !j.is_empty());
         let n = entry.events.len();
         let mut room = 0;
         // Only what is taken is added, so a run that does not fit never crowds out one that does.
@@ -197,11 +199,11 @@ impl RedisStreamSink {
             room = n.min(self.capacity.saturating_sub(q));
             Some(q + room)
         });
-        let dropped = n - room;
         entry.events.truncate(room);
+        let mut dropped = n - room;
         if room > 0 && self.tx.send(entry).is_err() {
             self.queued.fetch_sub(room, Ordering::AcqRel);
-            metrics::counter!(m::REDIS_STREAM_WRITES_TOTAL, "result" => "dropped").increment(room as u64);
+            dropped = n;
         }
         if dropped > 0 {
             metrics::counter!(m::REDIS_STREAM_WRITES_TOTAL, "result" => "dropped").increment(dropped as u64);
@@ -386,8 +388,7 @@ async fn writer(redis: RedisConn, mut rx: mpsc::UnboundedReceiver<StreamEntry>, 
                 streams.len() - 1
             });
             let s = &mut streams[at];
-            // An event that could not be serialised has an empty text: it would break its entry's array.
-            s.1.extend(e.events.iter().filter(|j| !j.is_empty()).map(|j| &j[..]));
+            s.1.extend(e.events.iter().map(|j| &j[..]));
             (s.2, s.3) = (e.max_len, e.retention_ms);
         }
         // One transaction: no other writer's commands come between an entry and its size, and a batch cut off by
@@ -494,5 +495,9 @@ mod tests {
         sink.queued.fetch_sub(5, Ordering::AcqRel);
         sink.enqueue(run(&t, &["9"]));
         assert_eq!(texts(&rx.try_recv().expect("room again")), ["9"]);
+        // An event without text would break its entry's array: it is left out, and takes no room.
+        sink.enqueue(run(&t, &["", "10"]));
+        assert_eq!(texts(&rx.try_recv().expect("the rest of the run")), ["10"]);
+        assert_eq!(sink.queued.load(Ordering::Acquire), 2);
     }
 }
