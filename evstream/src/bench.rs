@@ -1,7 +1,8 @@
 //! `evstream bench`: the same events against the same broker in one run, three ways:
 //! (a) a raw rdkafka producer (the ceiling), (b) `POST /events/bulk`, (c) `POST /events` one at a time from N
 //! concurrent clients. Prints events/s, p50/p99 latency, the server's peak RSS, and the ratio (b)/(a).
-//! The server is a child `evstream api` process so that its memory is measured alone.
+//! The server is a child `evstream api` process so that its memory is measured alone, and the raw producer is a
+//! child `evstream bench-producer` process, so that it shares no process with the HTTP client of (b) and (c).
 //!
 //! In a round with both (a) and (b), (a) runs twice, once before (b) and once after it, and its figures are the two
 //! runs together (twice the events): this host's speed drifts, and a host that speeds up or slows down during the
@@ -56,6 +57,9 @@ pub struct BenchArgs {
     #[arg(long)]
     pub without_window: bool,
 }
+
+/// Events each scenario sends before round 1 (fewer when `--events` is smaller), not counted.
+const WARM_UP_EVENTS: usize = 20_000;
 
 pub(crate) struct Figures {
     name: &'static str,
@@ -183,7 +187,7 @@ async fn status_after_body(r: reqwest::Result<reqwest::Response>) -> u16 {
     }
 }
 
-/// CPU time of the processes a scenario runs on: the server, this client (in (a), the raw producer), and the
+/// CPU time of the processes a scenario runs on: the server, this client (of (b) and (c)), the raw producer, and the
 /// broker and Redis when their pids are given. Per event, the figures add up to what one event costs the machine.
 struct CpuMeter {
     procs: Vec<(&'static str, u32)>,
@@ -356,58 +360,168 @@ pub(crate) fn peak_rss_mb(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// (a): events `events` (numbered as the bench numbers them) straight to the broker.
-async fn raw_producer(
-    a: &BenchArgs,
-    events: std::ops::Range<usize>,
-    meter: &CpuMeter,
-    p: &FutureProducer,
-    topic: &str,
-    tenant: &str,
-) -> anyhow::Result<Figures> {
-    // The same records the server would write: the enriched envelope and its CloudEvents headers.
+/// `evstream bench-producer` (hidden): scenario (a)'s raw producer, run by `evstream bench` as a child process of
+/// its own, as the server is. In the bench's own process (a) slowed down after the HTTP scenarios had run there,
+/// round after round, while a fresh process stayed at its first round's speed; a producer that shares no process
+/// with an HTTP client is the ceiling that (b) is held to.
+///
+/// It reads commands on standard input, one a line: `prepare START END` builds those events' records (the server's
+/// records: the enriched envelope and its CloudEvents headers) and answers `ready`; `go` sends them with `inflight`
+/// records in flight and answers one JSON line (`events`, `elapsed_us`, `latencies_us`). It stops at the end of
+/// its input.
+#[derive(Args, Debug, Clone)]
+pub struct ProducerArgs {
+    #[arg(long)]
+    pub kafka_brokers: String,
+    #[arg(long)]
+    pub topic: String,
+    #[arg(long)]
+    pub tenant: String,
+    /// Records in flight at once.
+    #[arg(long)]
+    pub inflight: usize,
+}
+
+type Records = Vec<(Vec<u8>, rdkafka::message::OwnedHeaders)>;
+
+/// The records of events `events` (numbered as the bench numbers them), as the server would write them.
+fn records(tenant: &str, events: std::ops::Range<usize>) -> anyhow::Result<Records> {
     let catalog = schemas::Catalog::new();
     let now = time::OffsetDateTime::now_utc();
-    let records: Vec<(Vec<u8>, rdkafka::message::OwnedHeaders)> = events
+    events
         .map(|i| {
             let draft = schemas::event::parse_event(&event(tenant, i), &catalog)
                 .map_err(|e| anyhow::anyhow!("bench event invalid: {e:?}"))?;
             let e = producer::enrich::enrich(draft, now, None);
             Ok((serde_json::to_vec(&e)?, producer::route::headers(&e)))
         })
-        .collect::<anyhow::Result<_>>()?;
-    let (cpu, started) = (meter.snapshot(), Instant::now());
-    let mut inflight = FuturesUnordered::new();
+        .collect()
+}
+
+/// Sends `records` with `inflight` of them in flight; the time from the first send to the last acknowledgement,
+/// and each record's latency.
+async fn produce(
+    p: &FutureProducer,
+    records: &Records,
+    inflight: usize,
+    topic: &str,
+    tenant: &str,
+) -> anyhow::Result<(Duration, Vec<Duration>)> {
+    let started = Instant::now();
+    let mut pending = FuturesUnordered::new();
     let mut latencies = Vec::with_capacity(records.len());
-    for (pl, headers) in &records {
-        let p = p.clone();
-        inflight.push(async move {
+    for (pl, headers) in records {
+        pending.push(async move {
             let t = Instant::now();
             let record = FutureRecord::to(topic).key(tenant).payload(pl).headers(headers.clone());
             let r = p.send(record, Timeout::After(Duration::from_secs(5))).await;
             (r.is_ok(), t.elapsed())
         });
-        // The same number of events in flight as the bulk scenario keeps open, so (b)/(a) compares like with like.
-        if inflight.len() >= a.bulk_size * a.bulk_concurrency {
-            if let Some((ok, l)) = inflight.next().await {
+        if pending.len() >= inflight {
+            if let Some((ok, l)) = pending.next().await {
                 anyhow::ensure!(ok, "raw produce failed");
                 latencies.push(l);
             }
         }
     }
-    while let Some((ok, l)) = inflight.next().await {
+    while let Some((ok, l)) = pending.next().await {
         anyhow::ensure!(ok, "raw produce failed");
         latencies.push(l);
     }
-    let elapsed = started.elapsed();
-    Ok(Figures {
-        name: "(a) raw rdkafka producer",
-        events: records.len(),
-        elapsed,
-        latencies,
-        cpu: meter.used(&cpu),
-        window_lag: None,
-    })
+    Ok((started.elapsed(), latencies))
+}
+
+/// The child's side of `evstream bench-producer` (see [`ProducerArgs`]).
+pub async fn producer_child(a: ProducerArgs) -> anyhow::Result<()> {
+    use std::io::{BufRead, Write};
+    // Configured as the server's sink (idempotent, acks=all, the same linger: both take `KafkaSinkConfig`'s
+    // defaults).
+    let p: FutureProducer =
+        KafkaSinkConfig { brokers: a.kafka_brokers.clone(), ..KafkaSinkConfig::default() }.client_config().create()?;
+    let mut prepared: Records = Vec::new();
+    let mut out = std::io::stdout().lock();
+    // The parent waits for each answer before it writes again, so blocking on standard input stalls nothing.
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["prepare", from, to] => {
+                prepared = records(&a.tenant, from.parse()?..to.parse()?)?;
+                writeln!(out, "ready")?;
+            }
+            ["go"] => {
+                let (elapsed, latencies) = produce(&p, &prepared, a.inflight, &a.topic, &a.tenant).await?;
+                let latencies: Vec<u64> = latencies.iter().map(|l| l.as_micros() as u64).collect();
+                let answer = json!({"events": prepared.len(), "elapsed_us": elapsed.as_micros() as u64,
+                                    "latencies_us": latencies});
+                writeln!(out, "{answer}")?;
+                prepared = Vec::new();
+            }
+            _ => bail!("bench-producer: unknown command {line:?}"),
+        }
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// Scenario (a): the parent's handle on its `evstream bench-producer` child.
+struct RawProducer {
+    /// Held so that the child is killed when this is dropped.
+    _child: tokio::process::Child,
+    pid: u32,
+    stdin: tokio::process::ChildStdin,
+    answers: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl RawProducer {
+    fn start(a: &BenchArgs, topic: &str, tenant: &str) -> anyhow::Result<Self> {
+        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+            .args(["bench-producer", "--kafka-brokers", &a.kafka_brokers, "--topic", topic, "--tenant", tenant])
+            .args(["--inflight", &(a.bulk_size * a.bulk_concurrency).to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting the raw producer")?;
+        let pid = child.id().context("raw producer pid")?;
+        let stdin = child.stdin.take().context("raw producer stdin")?;
+        let stdout = child.stdout.take().context("raw producer stdout")?;
+        let answers = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+        Ok(Self { _child: child, pid, stdin, answers })
+    }
+
+    async fn ask(&mut self, command: &str) -> anyhow::Result<String> {
+        use tokio::io::AsyncWriteExt;
+        self.stdin.write_all(format!("{command}\n").as_bytes()).await?;
+        self.stdin.flush().await?;
+        self.answers.next_line().await?.context("the raw producer stopped")
+    }
+
+    /// (a): events `events` straight to the broker. The records are built before the clock and the CPU meter
+    /// start, as the HTTP scenarios' bodies are.
+    async fn run(&mut self, events: std::ops::Range<usize>, meter: &CpuMeter) -> anyhow::Result<Figures> {
+        let ready = self.ask(&format!("prepare {} {}", events.start, events.end)).await?;
+        anyhow::ensure!(ready == "ready", "the raw producer answered {ready:?}");
+        let cpu = meter.snapshot();
+        let answer: Value = serde_json::from_str(&self.ask("go").await?)?;
+        let cpu = meter.used(&cpu);
+        let number = |k: &str| answer[k].as_u64().with_context(|| format!("the raw producer's answer has no {k}"));
+        let latencies = answer["latencies_us"]
+            .as_array()
+            .context("the raw producer's answer has no latencies")?
+            .iter()
+            .filter_map(Value::as_u64)
+            .map(Duration::from_micros)
+            .collect();
+        Ok(Figures {
+            name: "(a) raw rdkafka producer",
+            events: number("events")? as usize,
+            elapsed: Duration::from_micros(number("elapsed_us")?),
+            latencies,
+            cpu,
+            window_lag: None,
+        })
+    }
 }
 
 /// What the HTTP scenarios send with: the client, the server, the key and tenant, and the CPU meter.
@@ -500,7 +614,8 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         println!("diagnostic run: the bench tenant has no Redis window (--without-window)");
     }
     let rss_idle = peak_rss_mb(pid);
-    let mut procs = vec![("server", pid), ("client", std::process::id())];
+    let mut raw = RawProducer::start(&a, &raw_topic, &tenant)?;
+    let mut procs = vec![("server", pid), ("client", std::process::id()), ("producer", raw.pid)];
     procs.extend(a.broker_pid.map(|p| ("broker", p)));
     procs.extend(a.redis_pid.map(|p| ("redis", p)));
     let meter = CpuMeter { procs };
@@ -509,30 +624,26 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         "evstream bench: {} events per scenario, {} single-event clients, bulk {} x {} clients",
         a.events, a.concurrency, a.bulk_size, a.bulk_concurrency
     );
-    // Warm both paths so connection set-up is not measured.
-    // One producer for every round, configured as the server's sink (idempotent, acks=all, the same linger: both
-    // take `KafkaSinkConfig`'s defaults).
-    let producer: FutureProducer =
-        KafkaSinkConfig { brokers: a.kafka_brokers.clone(), ..KafkaSinkConfig::default() }.client_config().create()?;
-    raw_producer(&a, 0..500, &meter, &producer, &raw_topic, &tenant).await?;
+    // Warm every path before round 1, so that neither connection set-up nor a process's first growth (the
+    // server's heap went from about 50 to 90 MB in its first bulk requests) is measured, and round 1 meets processes
+    // as warm as later rounds do. One raw producer serves every round.
+    let warm = a.events.min(WARM_UP_EVENTS);
+    raw.run(0..warm, &meter).await?;
     let window = if a.without_window { None } else { Some(Window::new(&http, &base)) };
     let h = Http { meter: &meter, window: window.as_ref(), http: &http, base: &base, key: &admin, tenant: &tenant };
-    single(&BenchArgs { events: 500, ..a.clone() }, &h).await?;
+    bulk(&BenchArgs { events: warm, ..a.clone() }, &h).await?;
+    single(&BenchArgs { events: warm.min(2_000), ..a.clone() }, &h).await?;
     let (mut ras, mut rbs, mut rcs) = (Vec::new(), Vec::new(), Vec::new());
     let mut round_ratios: Vec<f64> = Vec::new();
     let want = |c: char| a.scenarios.contains(c);
     for round in 1..=a.rounds.max(1) {
         println!("round {round}");
         // (a) around (b): once before it and once after it (see the module doc).
-        let before_b = if want('a') {
-            Some(raw_producer(&a, 0..a.events, &meter, &producer, &raw_topic, &tenant).await?)
-        } else {
-            None
-        };
+        let before_b = if want('a') { Some(raw.run(0..a.events, &meter).await?) } else { None };
         let b = if want('b') { Some(bulk(&a, &h).await?) } else { None };
         if let Some(mut r) = before_b {
             if b.is_some() {
-                r = r.merge(raw_producer(&a, 0..a.events, &meter, &producer, &raw_topic, &tenant).await?);
+                r = r.merge(raw.run(0..a.events, &meter).await?);
             }
             r.print();
             meter.print(&r);

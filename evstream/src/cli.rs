@@ -21,6 +21,9 @@ pub enum Command {
     ChangeFeed(Common),
     /// Measure the ingest path: raw producer vs POST /events/bulk vs POST /events.
     Bench(crate::bench::BenchArgs),
+    /// Scenario (a) of `bench`, the raw producer, in a process of its own; `bench` starts it.
+    #[command(hide = true)]
+    BenchProducer(crate::bench::ProducerArgs),
     /// Measure tenant isolation: a quiet tenant's p99 with and without a noisy tenant flooding at 10x its quota.
     NoisyNeighbour(crate::noisy::NoisyArgs),
     /// Measure alert latency end to end: POST /events to the webhook receiver.

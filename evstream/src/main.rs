@@ -38,6 +38,7 @@ fn main() -> anyhow::Result<()> {
                 platform::run(o, platform::Roles { api: false, alerts: false, change_feed: true }).await
             }
             cli::Command::Bench(b) => bench::run(b).await,
+            cli::Command::BenchProducer(p) => bench::producer_child(p).await,
             cli::Command::NoisyNeighbour(n) => noisy::run(n).await,
             cli::Command::PolicyBench(p) => policy_bench::run(p),
             cli::Command::AuditVerify(a) => audit::run(a),
