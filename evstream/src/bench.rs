@@ -58,7 +58,8 @@ pub struct BenchArgs {
     pub without_window: bool,
 }
 
-/// Events each scenario sends before round 1 (fewer when `--events` is smaller), not counted.
+/// Events that (a) and (b) each send before round 1 (fewer when `--events` is smaller; (c) sends at most 2,000),
+/// not counted.
 const WARM_UP_EVENTS: usize = 20_000;
 
 pub(crate) struct Figures {
@@ -439,26 +440,27 @@ pub async fn producer_child(a: ProducerArgs) -> anyhow::Result<()> {
     let p: FutureProducer =
         KafkaSinkConfig { brokers: a.kafka_brokers.clone(), ..KafkaSinkConfig::default() }.client_config().create()?;
     let mut prepared: Records = Vec::new();
-    let mut out = std::io::stdout().lock();
-    // The parent waits for each answer before it writes again, so blocking on standard input stalls nothing.
+    // Standard output carries the answers alone (this process logs to standard error). The parent waits for each
+    // answer before it writes again, so blocking on standard input stalls nothing.
     for line in std::io::stdin().lock().lines() {
         let line = line?;
         let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
+        let answer = match words.as_slice() {
             ["prepare", from, to] => {
+                // The last run's records are freed here, before `ready`, outside the measurement.
                 prepared = records(&a.tenant, from.parse()?..to.parse()?)?;
-                writeln!(out, "ready")?;
+                "ready".to_string()
             }
             ["go"] => {
                 let (elapsed, latencies) = produce(&p, &prepared, a.inflight, &a.topic, &a.tenant).await?;
                 let latencies: Vec<u64> = latencies.iter().map(|l| l.as_micros() as u64).collect();
-                let answer = json!({"events": prepared.len(), "elapsed_us": elapsed.as_micros() as u64,
-                                    "latencies_us": latencies});
-                writeln!(out, "{answer}")?;
-                prepared = Vec::new();
+                json!({"events": prepared.len(), "elapsed_us": elapsed.as_micros() as u64, "latencies_us": latencies})
+                    .to_string()
             }
             _ => bail!("bench-producer: unknown command {line:?}"),
-        }
+        };
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{answer}")?;
         out.flush()?;
     }
     Ok(())
@@ -492,9 +494,10 @@ impl RawProducer {
 
     async fn ask(&mut self, command: &str) -> anyhow::Result<String> {
         use tokio::io::AsyncWriteExt;
-        self.stdin.write_all(format!("{command}\n").as_bytes()).await?;
-        self.stdin.flush().await?;
-        self.answers.next_line().await?.context("the raw producer stopped")
+        let stopped = "the raw producer stopped";
+        self.stdin.write_all(format!("{command}\n").as_bytes()).await.context(stopped)?;
+        self.stdin.flush().await.context(stopped)?;
+        self.answers.next_line().await?.context(stopped)
     }
 
     /// (a): events `events` straight to the broker. The records are built before the clock and the CPU meter
@@ -503,8 +506,10 @@ impl RawProducer {
         let ready = self.ask(&format!("prepare {} {}", events.start, events.end)).await?;
         anyhow::ensure!(ready == "ready", "the raw producer answered {ready:?}");
         let cpu = meter.snapshot();
-        let answer: Value = serde_json::from_str(&self.ask("go").await?)?;
+        let answer = self.ask("go").await?;
+        // Taken before the answer is parsed: parsing it is not (a)'s work.
         let cpu = meter.used(&cpu);
+        let answer: Value = serde_json::from_str(&answer)?;
         let number = |k: &str| answer[k].as_u64().with_context(|| format!("the raw producer's answer has no {k}"));
         let latencies = answer["latencies_us"]
             .as_array()
@@ -513,9 +518,11 @@ impl RawProducer {
             .filter_map(Value::as_u64)
             .map(Duration::from_micros)
             .collect();
+        let sent = number("events")? as usize;
+        anyhow::ensure!(sent == events.len(), "the raw producer sent {sent} of {} events", events.len());
         Ok(Figures {
             name: "(a) raw rdkafka producer",
-            events: number("events")? as usize,
+            events: sent,
             elapsed: Duration::from_micros(number("elapsed_us")?),
             latencies,
             cpu,
@@ -627,15 +634,19 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     // Warm every path before round 1, so that neither connection set-up nor a process's first growth (the
     // server's heap went from about 50 to 90 MB in its first bulk requests) is measured, and round 1 meets processes
     // as warm as later rounds do. One raw producer serves every round.
+    let want = |c: char| a.scenarios.contains(c);
     let warm = a.events.min(WARM_UP_EVENTS);
-    raw.run(0..warm, &meter).await?;
+    if want('a') {
+        raw.run(0..warm, &meter).await?;
+    }
     let window = if a.without_window { None } else { Some(Window::new(&http, &base)) };
     let h = Http { meter: &meter, window: window.as_ref(), http: &http, base: &base, key: &admin, tenant: &tenant };
-    bulk(&BenchArgs { events: warm, ..a.clone() }, &h).await?;
+    if want('b') {
+        bulk(&BenchArgs { events: warm, ..a.clone() }, &h).await?;
+    }
     single(&BenchArgs { events: warm.min(2_000), ..a.clone() }, &h).await?;
     let (mut ras, mut rbs, mut rcs) = (Vec::new(), Vec::new(), Vec::new());
     let mut round_ratios: Vec<f64> = Vec::new();
-    let want = |c: char| a.scenarios.contains(c);
     for round in 1..=a.rounds.max(1) {
         println!("round {round}");
         // (a) around (b): once before it and once after it (see the module doc).

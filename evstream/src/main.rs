@@ -11,6 +11,7 @@ mod platform;
 mod policy_bench;
 
 use clap::Parser;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 // glibc malloc dominated the ingest profile (many small JSON allocations across threads).
 #[global_allocator]
@@ -21,7 +22,12 @@ fn main() -> anyhow::Result<()> {
     producer::install_tls_provider();
     let filter = tracing_subscriber::EnvFilter::try_from_env("EVSTREAM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn,librdkafka=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    // `bench-producer` answers its parent on standard output, so it logs to standard error.
+    let writer = match cli.command {
+        cli::Command::BenchProducer(_) => BoxMakeWriter::new(std::io::stderr),
+        _ => BoxMakeWriter::new(std::io::stdout),
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(writer).init();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         match cli.command {
