@@ -368,8 +368,7 @@ pub(crate) fn peak_rss_mb(pid: u32) -> Option<f64> {
 ///
 /// It reads commands on standard input, one a line: `prepare START END` builds those events' records (the server's
 /// records: the enriched envelope and its CloudEvents headers) and answers `ready`; `go` sends them with `inflight`
-/// records in flight and answers one JSON line (`events`, `elapsed_us`, `latencies_us`). It stops at the end of
-/// its input.
+/// records in flight and answers a [`RunReport`] as one JSON line. It stops at the end of its input.
 #[derive(Args, Debug, Clone)]
 pub struct ProducerArgs {
     #[arg(long)]
@@ -384,6 +383,15 @@ pub struct ProducerArgs {
 }
 
 type Records = Vec<(Vec<u8>, rdkafka::message::OwnedHeaders)>;
+
+/// What `bench-producer` answers to `go`: the records it sent, the time from the first send to the last
+/// acknowledgement, and each record's latency.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RunReport {
+    events: usize,
+    elapsed_us: u64,
+    latencies_us: Vec<u64>,
+}
 
 /// The records of events `events` (numbered as the bench numbers them), as the server would write them.
 fn records(tenant: &str, events: std::ops::Range<usize>) -> anyhow::Result<Records> {
@@ -453,9 +461,11 @@ pub async fn producer_child(a: ProducerArgs) -> anyhow::Result<()> {
             }
             ["go"] => {
                 let (elapsed, latencies) = produce(&p, &prepared, a.inflight, &a.topic, &a.tenant).await?;
-                let latencies: Vec<u64> = latencies.iter().map(|l| l.as_micros() as u64).collect();
-                json!({"events": prepared.len(), "elapsed_us": elapsed.as_micros() as u64, "latencies_us": latencies})
-                    .to_string()
+                serde_json::to_string(&RunReport {
+                    events: prepared.len(),
+                    elapsed_us: elapsed.as_micros() as u64,
+                    latencies_us: latencies.iter().map(|l| l.as_micros() as u64).collect(),
+                })?
             }
             _ => bail!("bench-producer: unknown command {line:?}"),
         };
@@ -509,22 +519,13 @@ impl RawProducer {
         let answer = self.ask("go").await?;
         // Taken before the answer is parsed: parsing it is not (a)'s work.
         let cpu = meter.used(&cpu);
-        let answer: Value = serde_json::from_str(&answer)?;
-        let number = |k: &str| answer[k].as_u64().with_context(|| format!("the raw producer's answer has no {k}"));
-        let latencies = answer["latencies_us"]
-            .as_array()
-            .context("the raw producer's answer has no latencies")?
-            .iter()
-            .filter_map(Value::as_u64)
-            .map(Duration::from_micros)
-            .collect();
-        let sent = number("events")? as usize;
-        anyhow::ensure!(sent == events.len(), "the raw producer sent {sent} of {} events", events.len());
+        let r: RunReport = serde_json::from_str(&answer).context("the raw producer's answer")?;
+        anyhow::ensure!(r.events == events.len(), "the raw producer sent {} of {} events", r.events, events.len());
         Ok(Figures {
             name: "(a) raw rdkafka producer",
-            events: sent,
-            elapsed: Duration::from_micros(number("elapsed_us")?),
-            latencies,
+            events: r.events,
+            elapsed: Duration::from_micros(r.elapsed_us),
+            latencies: r.latencies_us.into_iter().map(Duration::from_micros).collect(),
             cpu,
             window_lag: None,
         })
