@@ -140,7 +140,7 @@ impl Catalog {
             .iter_errors(data)
             .take(MAX_SCHEMA_ERRORS)
             .map(|e| {
-                let pointer = e.instance_path.to_string();
+                let pointer = e.instance_path().to_string();
                 let field = pointer_to_dot_path("data", &pointer);
                 let mut msg = e.to_string();
                 if msg.len() > 200 {
