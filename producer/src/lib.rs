@@ -32,7 +32,9 @@ pub mod sinks;
 pub mod tenant_stats;
 pub mod topics;
 
-pub use pipeline::{Accepted, Document, IngestError, Outcome, Parts, Pipeline, PipelineConfig, RequestContext, Scope};
+pub use pipeline::{
+    Accepted, Document, IngestError, ItemTexts, Outcome, Parts, Pipeline, PipelineConfig, RequestContext, Scope,
+};
 
 /// Makes rustls (ring) the process's TLS provider, so every https client (reqwest for receivers and Cosmos DB,
 /// lettre's STARTTLS) can be built. Call before building one; calling again does nothing.

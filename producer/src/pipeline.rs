@@ -19,7 +19,7 @@ use crate::tenant_stats::TenantStats;
 use crate::topics::{TopicSpec, Topics};
 use schemas::catalog::source_label;
 use schemas::config::{DestinationKind, FilterOutcome};
-use schemas::event::{parse_owned, parse_text, peek_tenant, EventDraft};
+use schemas::event::{parse_bulk_text, parse_owned, parse_text, peek_tenant, Checked, EventDraft, RawParts};
 use schemas::{Catalog, Event, EventId, EventType, FieldError, SourceName, StreamConfig, TenantId};
 use serde::Serialize;
 use serde_json::Value;
@@ -140,9 +140,46 @@ impl IngestError {
 pub enum Document<'a> {
     /// Parsed into a `Value`: checked field by field in the pipeline.
     Value(Value),
-    /// Found valid straight from its JSON text by [`Pipeline::document`], without a `Value` tree. The text is
-    /// kept for the dead-letter record in case the tenant refuses the event.
-    Valid { draft: Box<EventDraft>, text: &'a str },
+    /// Found valid straight from its JSON text by [`Pipeline::document`] or [`Pipeline::bulk_documents`], without
+    /// a `Value` tree. Where its text is, is kept for the dead-letter record in case the tenant refuses the event.
+    Valid { checked: Box<Checked<'a>>, text: Text<'a> },
+}
+
+/// Where the text of a [`Document::Valid`] is.
+#[derive(Clone, Copy)]
+pub enum Text<'a> {
+    /// The event's own text.
+    Own(&'a str),
+    /// Item `index` of a bulk body that was read in one pass.
+    Item { items: &'a ItemTexts<'a>, index: usize },
+}
+
+impl<'a> Text<'a> {
+    fn get(self) -> Option<&'a str> {
+        match self {
+            Text::Own(t) => Some(t),
+            Text::Item { items, index } => {
+                let found = items.found.get_or_init(|| (items.split)(items.body));
+                std::str::from_utf8(found.as_ref()?.get(index)?).ok()
+            }
+        }
+    }
+}
+
+/// A bulk body read in one pass by [`Pipeline::bulk_documents`], which gives no item its own text. The texts are
+/// found when the first is needed (an event its tenant refuses, for the dead-letter record), by `split`, at most
+/// once per body.
+pub struct ItemTexts<'a> {
+    body: &'a [u8],
+    split: fn(&'a [u8]) -> Option<Vec<&'a [u8]>>,
+    found: std::sync::OnceLock<Option<Vec<&'a [u8]>>>,
+}
+
+impl<'a> ItemTexts<'a> {
+    /// `split` takes a bulk body of the plain shape apart into its items' texts, in order.
+    pub fn new(body: &'a [u8], split: fn(&'a [u8]) -> Option<Vec<&'a [u8]>>) -> Self {
+        Self { body, split, found: std::sync::OnceLock::new() }
+    }
 }
 
 /// A tenant and its config, as [`Pipeline::admit`] last found them in a request.
@@ -509,11 +546,15 @@ impl Pipeline {
         let i = &self.inner;
         let v = match doc {
             Document::Value(v) => v,
-            Document::Valid { draft, text } => {
+            Document::Valid { checked, text } => {
+                let Checked { draft, raw } = *checked;
                 return match self.admit(&draft.tenant_id, Some(&draft.source), ctx, last_config) {
-                    Ok(cfg) => Ok(self.finish(*draft, cfg, ctx, single)),
+                    Ok(cfg) => Ok(self.finish(draft, cfg, ctx, single, raw)),
                     // The text parsed once already; `Null` only keeps the types total.
-                    Err(e) => Err(Box::new((e, serde_json::from_str(text).unwrap_or(Value::Null)))),
+                    Err(e) => {
+                        let original = text.get().and_then(|t| serde_json::from_str(t).ok()).unwrap_or(Value::Null);
+                        Err(Box::new((e, original)))
+                    }
                 };
             }
         };
@@ -531,7 +572,7 @@ impl Pipeline {
         };
         let draft = parse_owned(v, &i.catalog).map_err(|(errors, v)| Box::new((IngestError::Invalid { errors }, v)))?;
         // A valid draft always has a valid tenant, so `cfg` is known here; the fallback is unreachable.
-        Ok(self.finish(draft, cfg.unwrap_or_default(), ctx, single))
+        Ok(self.finish(draft, cfg.unwrap_or_default(), ctx, single, RawParts::default()))
     }
 
     /// One event's JSON as a document: a valid event is checked straight from its text, anything else is parsed
@@ -539,9 +580,21 @@ impl Pipeline {
     pub fn document<'a>(&self, bytes: &'a [u8]) -> Result<Document<'a>, serde_json::Error> {
         let valid = std::str::from_utf8(bytes).ok().and_then(|t| Some((parse_text(t, &self.inner.catalog)?, t)));
         match valid {
-            Some((draft, text)) => Ok(Document::Valid { draft: Box::new(draft), text }),
+            Some((checked, text)) => Ok(Document::Valid { checked: Box::new(checked), text: Text::Own(text) }),
             None => serde_json::from_slice(bytes).map(Document::Value),
         }
+    }
+
+    /// Every event of a bulk body of the plain shape (`{"events": [...]}`), read in one pass, when every one of
+    /// them is valid (see [`schemas::event::parse_bulk_text`]). `None` otherwise: the caller takes the body apart
+    /// and makes a [`Pipeline::document`] of each item.
+    pub fn bulk_documents<'a>(&self, items: &'a ItemTexts<'a>) -> Option<Vec<Document<'a>>> {
+        let text = std::str::from_utf8(items.body).ok()?;
+        let mut index = 0;
+        parse_bulk_text(text, &self.inner.catalog, |c| {
+            index += 1;
+            Document::Valid { checked: Box::new(c), text: Text::Item { items, index: index - 1 } }
+        })
     }
 
     /// May this request write for `tenant`, is the tenant registered and enabled, and may it use `source`?
@@ -581,7 +634,15 @@ impl Pipeline {
     }
 
     /// enrich -> filter -> serialise, for a valid draft of an admitted tenant.
-    fn finish(&self, draft: EventDraft, cfg: Arc<StreamConfig>, ctx: &RequestContext<'_>, single: bool) -> Prepared {
+    /// `raw`: the text of `data` and `metadata` as sent, when it may be stored as it is.
+    fn finish(
+        &self,
+        draft: EventDraft,
+        cfg: Arc<StreamConfig>,
+        ctx: &RequestContext<'_>,
+        single: bool,
+        raw: RawParts<'_>,
+    ) -> Prepared {
         let i = &self.inner;
         // Event ids and Idempotency-Keys live in separate namespaces.
         let client_id = draft.id.as_ref().map(|id| format!("id:{id}"));
@@ -600,7 +661,7 @@ impl Pipeline {
             };
         }
         // Serialising an `Event` cannot fail: every field is a string, number, map or timestamp.
-        let json: Arc<[u8]> = event.to_json().unwrap_or_default().into();
+        let json: Arc<[u8]> = event.to_json_with(raw).unwrap_or_default().into();
         // From here on the JSON text stands for the event: what the envelope does not keep is freed now, while it
         // is still in the cache, instead of after the broker's acknowledgement with the rest of the request.
         let event = Envelope::from(event);
@@ -788,5 +849,30 @@ impl Pipeline {
             let original = serde_json::to_string(v).unwrap_or_default();
             i.dead.send(reason, tenant.as_ref().map(TenantId::as_str), errors, &original);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ItemTexts, Text};
+
+    /// The split the handler uses, for a body of the plain shape: items are separated by top-level commas.
+    fn split(body: &[u8]) -> Option<Vec<&[u8]>> {
+        let inner = body.strip_prefix(b"{\"events\":[")?.strip_suffix(b"]}")?;
+        Some(inner.split(|b| *b == b',').collect())
+    }
+
+    #[test]
+    fn an_items_text_is_found_when_asked_for() {
+        let body = br#"{"events":[1,"two",3]}"#;
+        let items = ItemTexts::new(body, split);
+        let text = |index| Text::Item { items: &items, index }.get();
+        assert_eq!(text(1), Some(r#""two""#));
+        assert_eq!(text(0), Some("1"));
+        assert_eq!(text(3), None);
+        assert_eq!(Text::Own("x").get(), Some("x"));
+        // A body the split refuses has no item texts.
+        let odd = ItemTexts::new(b"[1]", split);
+        assert_eq!(Text::Item { items: &odd, index: 0 }.get(), None);
     }
 }

@@ -4,23 +4,32 @@
 //! ([`crate::scan::clean`]), and copied in one piece when it is clean, which nearly every string is. Only a string that needs escaping goes
 //! through serde_json.
 
-use crate::event::{with_rfc3339, Event};
+use crate::event::{with_rfc3339, Event, RawParts};
 use serde_json::{Map, Value};
 
 impl Event {
     /// The envelope as stored in Kafka and Redis. `None` only if a timestamp cannot be written as RFC 3339, which
     /// the parser never lets in.
     pub fn to_json(&self) -> Option<Vec<u8>> {
-        let mut out = Vec::with_capacity(320 + 64 * (self.data.len() + self.metadata.len()));
+        self.to_json_with(RawParts::default())
+    }
+
+    /// [`Event::to_json`], with `data` and `metadata` copied from the text the client sent where `raw` has it
+    /// (which holds the same values as the maps; see [`RawParts`]) instead of written from the maps.
+    pub fn to_json_with(&self, raw: RawParts<'_>) -> Option<Vec<u8>> {
+        let size = |text: Option<&str>, m: &Map<String, Value>| text.map_or(64 * m.len(), str::len);
+        let mut out = Vec::with_capacity(320 + size(raw.data, &self.data) + size(raw.metadata, &self.metadata));
         let o = &mut out;
         o.extend_from_slice(b"{\"id\":");
         string(o, self.id.as_str());
+        // A tenant id and a source name are letters, digits and `._-` (their types check it), an event type is
+        // the catalog's, and a timestamp is RFC 3339: nothing to escape in them.
         o.extend_from_slice(b",\"tenantId\":");
-        string(o, self.tenant_id.as_str());
+        plain(o, self.tenant_id.as_str());
         o.extend_from_slice(b",\"eventType\":");
-        string(o, self.event_type.as_str());
+        plain(o, self.event_type.as_str());
         o.extend_from_slice(b",\"source\":");
-        string(o, self.source.as_str());
+        plain(o, self.source.as_str());
         for (name, v) in [
             (&b",\"action\":"[..], &self.action),
             (b",\"entityId\":", &self.entity_id),
@@ -32,13 +41,19 @@ impl Event {
             }
         }
         o.extend_from_slice(b",\"data\":");
-        object(o, &self.data);
+        match raw.data {
+            Some(text) => o.extend_from_slice(text.as_bytes()),
+            None => object(o, &self.data),
+        }
         o.extend_from_slice(b",\"metadata\":");
-        object(o, &self.metadata);
+        match raw.metadata {
+            Some(text) => o.extend_from_slice(text.as_bytes()),
+            None => object(o, &self.metadata),
+        }
         o.extend_from_slice(b",\"occurredAt\":");
-        with_rfc3339(self.occurred_at, |t| t.map(|t| string(o, t)))?;
+        with_rfc3339(self.occurred_at, |t| t.map(|t| plain(o, t)))?;
         o.extend_from_slice(b",\"receivedAt\":");
-        with_rfc3339(self.received_at, |t| t.map(|t| string(o, t)))?;
+        with_rfc3339(self.received_at, |t| t.map(|t| plain(o, t)))?;
         o.extend_from_slice(b",\"schemaVersion\":");
         string(o, &self.schema_version);
         o.extend_from_slice(b",\"correlationId\":");
@@ -59,6 +74,15 @@ pub fn string(out: &mut Vec<u8>, s: &str) {
         // Writing a `str` into a `Vec` cannot fail.
         let _ = serde_json::to_writer(&mut *out, s);
     }
+}
+
+/// Appends `s`, which has nothing to escape, as a JSON string.
+fn plain(out: &mut Vec<u8>, s: &str) {
+    debug_assert!(crate::scan::clean(s.as_bytes()), "{s:?} needs escaping");
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
 }
 
 fn object(out: &mut Vec<u8>, m: &Map<String, Value>) {
@@ -179,6 +203,23 @@ mod tests {
         #[test]
         fn same_bytes_as_serde(e in event()) {
             prop_assert_eq!(e.to_json(), serde_json::to_vec(&e).ok());
+        }
+
+        /// With the maps' own text as the raw parts, the envelope is the same; with any text, that text is what
+        /// the stored envelope holds.
+        #[test]
+        fn raw_parts_are_copied(e in event(), reorder in any::<bool>()) {
+            let data = serde_json::to_string(&e.data).unwrap();
+            let metadata = serde_json::to_string(&e.metadata).unwrap();
+            let raw = crate::event::RawParts { data: Some(&data), metadata: Some(&metadata) };
+            prop_assert_eq!(e.to_json_with(raw), e.to_json());
+            // The client's key order and spacing are kept.
+            let sent = if reorder { r#"{ "b": 1, "a": [true] }"# } else { "{}" };
+            let raw = crate::event::RawParts { data: Some(sent), metadata: None };
+            if let Some(stored) = e.to_json_with(raw) {
+                let stored = String::from_utf8(stored).unwrap();
+                prop_assert!(stored.contains(&format!(",\"data\":{sent},\"metadata\":{metadata},")), "{}", stored);
+            }
         }
     }
 }

@@ -5,6 +5,7 @@ use crate::catalog::{Catalog, EventType};
 use crate::field::FieldError;
 use crate::ids::{EventId, SourceName, TenantId};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
@@ -151,10 +152,11 @@ struct Wire<'a> {
     entity_id: Option<&'a str>,
     #[serde(default)]
     entity_type: Option<&'a str>,
-    #[serde(default)]
-    data: Option<Map<String, Value>>,
-    #[serde(default)]
-    metadata: Option<Map<String, Value>>,
+    // Kept as text: checked by [`strict_object`], and stored as sent (see [`RawParts`]).
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    metadata: Option<&'a RawValue>,
     #[serde(default)]
     occurred_at: Option<&'a str>,
     #[serde(default)]
@@ -167,47 +169,247 @@ struct Wire<'a> {
     _schema_version: Option<&'a str>,
 }
 
+/// A valid event taken straight from its JSON text by [`parse_text`] or [`parse_bulk_text`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checked<'a> {
+    pub draft: EventDraft,
+    /// The text of `data` and `metadata` as sent, to be stored as it is instead of written again from the draft.
+    pub raw: RawParts<'a>,
+}
+
+/// The JSON text of an event's `data` and `metadata` as the client sent it, when the event has them. Each holds
+/// the same value as the draft's map: every repeated key at any depth sent the event to the full parser, so no
+/// reader of the stored text can see a value other than the one that was checked. It differs from the map as
+/// serde_json writes it only in what JSON leaves free: key order, whitespace, escapes and number notation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RawParts<'a> {
+    pub data: Option<&'a str>,
+    pub metadata: Option<&'a str>,
+}
+
 /// The fast path of [`parse_owned`] for JSON text: a valid event becomes a draft without a `Value` tree for its
 /// envelope. `None` means "not known to be valid": the caller parses the text into a `Value` and calls
 /// [`parse_owned`], which gives the same draft for every document this accepts and reports what is wrong with the
 /// rest.
-pub fn parse_text(text: &str, catalog: &Catalog) -> Option<EventDraft> {
+pub fn parse_text<'a>(text: &'a str, catalog: &Catalog) -> Option<Checked<'a>> {
     if !is_object_text(text.as_bytes()) {
         return None;
     }
-    let w: Wire<'_> = serde_json::from_str(text).ok()?;
-    let id = match w.id {
-        Some(s) => Some(EventId::new(s).ok()?),
-        None => None,
-    };
-    let event_type = EventType::parse(w.event_type)?;
-    let short = |s: Option<&str>| match s {
-        Some(s) if !short_ok(s) => Err(()),
-        s => Ok(s.map(str::to_string)),
-    };
-    let correlation_id = match w.correlation_id {
-        Some(s) => Some(EventId::new(s).ok()?.as_str().to_string()),
-        None => None,
-    };
-    let occurred_at = match w.occurred_at {
-        Some(s) => Some(OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?),
-        None => None,
-    };
-    let data = Value::Object(w.data.unwrap_or_default());
-    catalog.validate_data(event_type, &data).ok()?;
-    Some(EventDraft {
-        id,
-        tenant_id: TenantId::new(w.tenant_id).ok()?,
-        event_type,
-        source: SourceName::new(w.source).ok()?,
-        action: short(w.action).ok()?,
-        entity_id: short(w.entity_id).ok()?,
-        entity_type: short(w.entity_type).ok()?,
-        data: take_object(Some(data)),
-        metadata: w.metadata.unwrap_or_default(),
-        occurred_at,
-        correlation_id,
-    })
+    serde_json::from_str::<Wire<'a>>(text).ok()?.check(catalog)
+}
+
+/// A bulk body of the plain shape, `{"events": [...]}`, read in one pass: `each` of its events, in order, when
+/// every one would take the fast path of [`parse_text`]. `None` when the body has another shape or any of its
+/// events needs the full parse (the pass stops at the first); the caller then takes the body apart item by item.
+pub fn parse_bulk_text<'a, T>(text: &'a str, catalog: &Catalog, each: impl FnMut(Checked<'a>) -> T) -> Option<Vec<T>> {
+    use serde::de::{DeserializeSeed, Error as _, MapAccess, SeqAccess, Visitor};
+    use std::fmt;
+
+    /// The body: one key, `events`.
+    struct Body<'c, F>(Events<'c, F>);
+    /// Its array: each item checked and handed to `each` as soon as it is read.
+    struct Events<'c, F> {
+        catalog: &'c Catalog,
+        each: F,
+    }
+
+    impl<'de, 'c, T, F: FnMut(Checked<'de>) -> T> Visitor<'de> for Body<'c, F> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(r#"{"events": [...]}"#)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<T>, A::Error> {
+            if map.next_key::<&str>()? != Some("events") {
+                return Err(A::Error::custom("not the plain shape"));
+            }
+            let out = map.next_value_seed(self.0)?;
+            match map.next_key::<&str>()? {
+                None => Ok(out),
+                Some(_) => Err(A::Error::custom("not the plain shape")),
+            }
+        }
+    }
+
+    impl<'de, 'c, T, F: FnMut(Checked<'de>) -> T> DeserializeSeed<'de> for Events<'c, F> {
+        type Value = Vec<T>;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Vec<T>, D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+
+    impl<'de, 'c, T, F: FnMut(Checked<'de>) -> T> Visitor<'de> for Events<'c, F> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an array of events")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(Item(w)) = seq.next_element()? {
+                let checked = w.check(self.catalog).ok_or_else(|| A::Error::custom("needs the full parse"))?;
+                out.push((self.each)(checked));
+            }
+            Ok(out)
+        }
+    }
+
+    if !is_object_text(text.as_bytes()) {
+        return None;
+    }
+    let mut d = serde_json::Deserializer::from_str(text);
+    let out = serde::Deserializer::deserialize_map(&mut d, Body(Events { catalog, each })).ok()?;
+    d.end().ok()?;
+    Some(out)
+}
+
+/// An item of a bulk body: an event, read only from a JSON object (serde would read a struct from an array too).
+struct Item<'a>(Wire<'a>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Item<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Object<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Object<'a> {
+            type Value = Item<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an event object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Item<'a>, A::Error> {
+                Wire::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Item)
+            }
+        }
+        d.deserialize_map(Object(std::marker::PhantomData))
+    }
+}
+
+impl<'a> Wire<'a> {
+    /// The checks of [`check`] that the typed parse left: ids, the catalog, lengths, the timestamp, the schema.
+    fn check(self, catalog: &Catalog) -> Option<Checked<'a>> {
+        let id = match self.id {
+            Some(s) => Some(EventId::new(s).ok()?),
+            None => None,
+        };
+        let event_type = EventType::parse(self.event_type)?;
+        let short = |s: Option<&str>| match s {
+            Some(s) if !short_ok(s) => Err(()),
+            s => Ok(s.map(str::to_string)),
+        };
+        let correlation_id = match self.correlation_id {
+            Some(s) => Some(EventId::new(s).ok()?.as_str().to_string()),
+            None => None,
+        };
+        let occurred_at = match self.occurred_at {
+            Some(s) => Some(OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?),
+            None => None,
+        };
+        let object = |raw: Option<&'a RawValue>| match raw {
+            Some(r) => Some((Some(r.get()), strict_object(r.get())?)),
+            None => Some((None, Map::new())),
+        };
+        let (data_text, data) = object(self.data)?;
+        let (metadata_text, metadata) = object(self.metadata)?;
+        let data = Value::Object(data);
+        catalog.validate_data(event_type, &data).ok()?;
+        Some(Checked {
+            draft: EventDraft {
+                id,
+                tenant_id: TenantId::new(self.tenant_id).ok()?,
+                event_type,
+                source: SourceName::new(self.source).ok()?,
+                action: short(self.action).ok()?,
+                entity_id: short(self.entity_id).ok()?,
+                entity_type: short(self.entity_type).ok()?,
+                data: take_object(Some(data)),
+                metadata,
+                occurred_at,
+                correlation_id,
+            },
+            raw: RawParts { data: data_text, metadata: metadata_text },
+        })
+    }
+}
+
+/// A JSON object's text as a map, `None` unless it is an object without a repeated key at any depth (serde_json's
+/// `Value` keeps the last of a repeated key; text with one cannot be stored as sent) and nested no deeper than it
+/// may be inside an event (serde_json reads at most 127 levels, and the envelope is one of them).
+fn strict_object(text: &str) -> Option<Map<String, Value>> {
+    use serde::de::DeserializeSeed;
+    let mut d = serde_json::Deserializer::from_str(text);
+    let v = Strict { levels: 126 }.deserialize(&mut d).ok()?;
+    d.end().ok()?;
+    match v {
+        Value::Object(m) => Some(m),
+        _ => None,
+    }
+}
+
+/// A JSON value read as serde_json's `Value` reads it, except that a repeated object key is an error, and so is
+/// an array or object nested more than `levels` deep.
+#[derive(Clone, Copy)]
+struct Strict {
+    levels: u32,
+}
+
+impl Strict {
+    fn inner<E: serde::de::Error>(self) -> Result<Strict, E> {
+        match self.levels.checked_sub(1) {
+            Some(levels) => Ok(Strict { levels }),
+            None => Err(E::custom("nested too deeply")),
+        }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Strict {
+    type Value = Value;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Strict {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+    fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
+        Ok(Value::Number(n.into()))
+    }
+    fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
+        Ok(Value::Number(n.into()))
+    }
+    fn visit_f64<E>(self, n: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.to_owned()))
+    }
+    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+        Ok(Value::String(s))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let inner = self.inner()?;
+        let mut out = Vec::new();
+        while let Some(v) = seq.next_element_seed(inner)? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let inner = self.inner()?;
+        let mut out = Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            let v = map.next_value_seed(inner)?;
+            if out.insert(k, v).is_some() {
+                return Err(serde::de::Error::custom("repeated key"));
+            }
+        }
+        Ok(Value::Object(out))
+    }
 }
 
 /// Does this JSON text start as an object? serde also reads a struct from an array (fields in order), so a typed
@@ -497,20 +699,94 @@ mod tests {
     #[test]
     fn text_fast_path_takes_plain_events() {
         let text = r#"{"tenantId":"t1","eventType":"RISK_CREATED","source":"FRONTEND_APP","action":"CREATE",
-            "entityId":"r-1","data":{"title":"x","riskScore":5},"metadata":{"region":"eu"},"id":null,
+            "entityId":"r-1","data":{"title":"x", "riskScore":5},"metadata":{"region":"eu"},"id":null,
             "occurredAt":"2026-01-31T12:00:00+02:00","receivedAt":"x"}"#;
         let fast = parse_text(text, &cat()).expect("a valid plain event takes the fast path");
-        assert_eq!(Ok(fast), parse_event(&serde_json::from_str(text).unwrap(), &cat()));
+        assert_eq!(Ok(fast.draft), parse_event(&serde_json::from_str(text).unwrap(), &cat()));
+        // `data` and `metadata` as sent, spacing and key order kept.
+        assert_eq!(
+            fast.raw,
+            RawParts { data: Some(r#"{"title":"x", "riskScore":5}"#), metadata: Some(r#"{"region":"eu"}"#) }
+        );
+        let bare = parse_text(r#"{"tenantId":"t1","eventType":"USER_ACTION","source":"AWS","data":null}"#, &cat());
+        assert_eq!(bare.map(|c| c.raw), Some(RawParts::default()));
         // Left to the full parser: an escape in an envelope field, a repeated field, a schema violation, an array
-        // (which serde would read as a struct), and a value the full parse refuses in a field the draft drops.
+        // (which serde would read as a struct), a value the full parse refuses in a field the draft drops, and a
+        // repeated key inside `data` or `metadata` (whose text could not be stored as sent).
         for text in [
             r#"{"tenantId":"t\u0031","eventType":"USER_ACTION","source":"AWS"}"#,
             r#"{"tenantId":"t1","tenantId":"t2","eventType":"USER_ACTION","source":"AWS"}"#,
             r#"{"tenantId":"t1","eventType":"RISK_CREATED","source":"AWS","data":{"riskScore":"x"}}"#,
             r#"[null,"t1","USER_ACTION","AWS"]"#,
             r#"{"tenantId":"t1","eventType":"USER_ACTION","source":"AWS","receivedAt":1e400}"#,
+            r#"{"tenantId":"t1","eventType":"USER_ACTION","source":"AWS","data":{"a":1,"a":2}}"#,
+            r#"{"tenantId":"t1","eventType":"USER_ACTION","source":"AWS","metadata":{"x":[{"y":1,"y":1}]}}"#,
+            r#"{"tenantId":"t1","eventType":"USER_ACTION","source":"AWS","data":[1]}"#,
+            r#"{"tenantId":"t1","eventType":"USER_ACTION","source":"AWS","data":{"x":1e400}}"#,
+            r#"{"tenantId":"t1","eventType":"USER_ACTION","source":"AWS","data":{"x":"\ud800"}}"#,
         ] {
             assert_eq!(parse_text(text, &cat()), None, "{text}");
+        }
+    }
+
+    /// `data` may nest as deep as the full parse of the whole event allows, and no deeper: a stored event must be
+    /// readable by serde_json again.
+    #[test]
+    fn fast_path_nesting_limit_is_the_full_parsers() {
+        for depth in 120..=130 {
+            let data = format!("{}{}", r#"{"a":"#.repeat(depth), "1".to_string() + &"}".repeat(depth));
+            let text = format!(r#"{{"tenantId":"t1","eventType":"USER_ACTION","source":"AWS","data":{data}}}"#);
+            let full = serde_json::from_str::<Value>(&text).ok().and_then(|v| parse_event(&v, &cat()).ok());
+            let fast = parse_text(&text, &cat()).map(|c| c.draft);
+            assert_eq!(fast, full, "depth {depth}");
+            if let Some(d) = fast {
+                let stored = enrich_for_test(d).to_json().unwrap();
+                assert!(serde_json::from_slice::<Value>(&stored).is_ok(), "depth {depth}");
+            }
+        }
+    }
+
+    fn enrich_for_test(d: EventDraft) -> Event {
+        let now = OffsetDateTime::now_utc();
+        Event {
+            id: EventId::generate(),
+            tenant_id: d.tenant_id,
+            event_type: d.event_type,
+            source: d.source,
+            action: d.action,
+            entity_id: d.entity_id,
+            entity_type: d.entity_type,
+            data: d.data,
+            metadata: d.metadata,
+            occurred_at: now,
+            received_at: now,
+            schema_version: SCHEMA_VERSION.to_string(),
+            correlation_id: "c".to_string(),
+        }
+    }
+
+    #[test]
+    fn bulk_text_in_one_pass() {
+        let a = r#"{"tenantId":"t1","eventType":"USER_ACTION","source":"AWS","metadata":{"k":"v"}}"#;
+        let b = r#"{"tenantId":"t2","eventType":"RISK_CREATED","source":"GCP","data":{"riskScore":5}}"#;
+        let body = format!("{{ \"events\" : [ {a} ,\n{b} ] }}");
+        let got = parse_bulk_text(&body, &cat(), |c| c).expect("a plain body of valid events");
+        assert_eq!(got, vec![parse_text(a, &cat()).unwrap(), parse_text(b, &cat()).unwrap()]);
+        assert_eq!(parse_bulk_text(r#"{"events":[]}"#, &cat(), |c| c), Some(vec![]));
+        // Any other shape, or any event that needs the full parse, and the body is left to the item-by-item path.
+        let bad = r#"{"tenantId":"t1","eventType":"NOPE","source":"AWS"}"#;
+        for body in [
+            format!(r#"{{"events":[{a},{bad}]}}"#),
+            format!(r#"{{"events":[{a}],"extra":1}}"#),
+            format!(r#"{{"events":[{a}],"events":[{a}]}}"#),
+            r#"{"events":[[null,"t1","USER_ACTION","AWS"]]}"#.to_string(),
+            format!(r#"[[{a}]]"#),
+            format!(r#"{{"events":{a}}}"#),
+            format!(r#"{{"\u0065vents":[{a}]}}"#),
+            "{}".to_string(),
+            format!(r#"{{"events":[{a}]}} x"#),
+        ] {
+            assert_eq!(parse_bulk_text(&body, &cat(), |c| c), None, "{body}");
         }
     }
 
@@ -597,7 +873,16 @@ mod tests {
             };
             let full = parse_event(&v, &CATALOG);
             match parse_text(&text, &CATALOG) {
-                Some(fast) => proptest::prop_assert_eq!(Ok(fast), full, "{}", text),
+                Some(fast) => {
+                    // The raw parts hold the draft's values.
+                    let parse = |t: Option<&str>| t.map_or(Ok(Map::new()), serde_json::from_str::<Map<String, Value>>);
+                    proptest::prop_assert_eq!(parse(fast.raw.data).ok(), Some(fast.draft.data.clone()));
+                    proptest::prop_assert_eq!(parse(fast.raw.metadata).ok(), Some(fast.draft.metadata.clone()));
+                    // One pass over a bulk body of this event gives the same.
+                    let body = format!(r#"{{"events":[{text},{text}]}}"#);
+                    proptest::prop_assert_eq!(parse_bulk_text(&body, &CATALOG, |c| c), Some(vec![fast.clone(), fast.clone()]));
+                    proptest::prop_assert_eq!(Ok(fast.draft), full, "{}", text)
+                }
                 None => {
                     // Server fields that are not strings are left to the full parser too.
                     let odd = ["receivedAt", "schemaVersion"]

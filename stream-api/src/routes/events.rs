@@ -11,7 +11,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use producer::sinks::redis_stream::ReadFilter;
-use producer::{Document, Outcome, Pipeline, RequestContext, Scope};
+use producer::{Document, ItemTexts, Outcome, Pipeline, RequestContext, Scope};
 use schemas::{cloudevents, EventType, FieldError};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -123,6 +123,7 @@ pub async fn bulk(
     // A valid event goes from its text straight to its draft (`Pipeline::document`); only the others become a
     // `Value` tree for the field-by-field check.
     let pipeline = &state.pipeline;
+    let texts = ItemTexts::new(&bytes, body::split_bulk);
     let items: Vec<Result<Document<'_>, FieldError>> = if ndjson {
         bytes
             .split(|b| *b == b'\n')
@@ -141,8 +142,12 @@ pub async fn bulk(
     } else {
         // The plain shape, split into its items; any item that is not JSON text on its own sends the body to the
         // whole parse (see `body::split_bulk`).
-        let plain = body::split_bulk(&bytes)
-            .and_then(|items| items.into_iter().map(|item| pipeline.document(item).ok()).collect::<Option<Vec<_>>>());
+        // First the whole body in one pass, which takes a body whose every event is valid; then item by item.
+        let plain = pipeline.bulk_documents(&texts).or_else(|| {
+            body::split_bulk(&bytes).and_then(|items| {
+                items.into_iter().map(|item| pipeline.document(item).ok()).collect::<Option<Vec<_>>>()
+            })
+        });
         match plain {
             Some(docs) => docs.into_iter().map(Ok).collect(),
             // Not the plain shape: the full parse says what is wrong, or takes what the plain parse refused (a
