@@ -191,7 +191,7 @@ pub struct Prepared {
     /// answer and its counts. The rest of the event is freed right away, while it is still in the cache.
     event: Envelope,
     cfg: Arc<StreamConfig>,
-    json: Arc<[u8]>,
+    json: bytes::Bytes,
     dedup_key: Option<String>,
     /// Set when the tenant's filters drop the event: nothing is written.
     filtered: Option<&'static str>,
@@ -655,13 +655,15 @@ impl Pipeline {
             return Prepared {
                 event: event.into(),
                 cfg,
-                json: Arc::from(&[][..]),
+                json: bytes::Bytes::new(),
                 dedup_key: None,
                 filtered: Some(reason),
             };
         }
         // Serialising an `Event` cannot fail: every field is a string, number, map or timestamp.
-        let json: Arc<[u8]> = event.to_json_with(raw).unwrap_or_default().into();
+        // The text moves into `Bytes` as it is (an `Arc<[u8]>` would copy it), shared by the Kafka record and
+        // the window.
+        let json = bytes::Bytes::from(event.to_json_with(raw).unwrap_or_default());
         // From here on the JSON text stands for the event: what the envelope does not keep is freed now, while it
         // is still in the cache, instead of after the broker's acknowledgement with the rest of the request.
         let event = Envelope::from(event);

@@ -2,7 +2,8 @@
 //! property test holds the two together), but faster on the ingest path. serde_json looks at every byte of every
 //! string to find what needs escaping; here a string is first checked whole, eight bytes at a time
 //! ([`crate::scan::clean`]), and copied in one piece when it is clean, which nearly every string is. Only a string that needs escaping goes
-//! through serde_json.
+//! through serde_json. [`Event::to_json_with`] differs in one thing: it copies `data` and `metadata` from the
+//! client's text where the parser found that text fit to be stored as sent (see `RawParts`).
 
 use crate::event::{with_rfc3339, Event, RawParts};
 use serde_json::{Map, Value};

@@ -177,10 +177,11 @@ pub struct Checked<'a> {
     pub raw: RawParts<'a>,
 }
 
-/// The JSON text of an event's `data` and `metadata` as the client sent it, when the event has them. Each holds
-/// the same value as the draft's map: every repeated key at any depth sent the event to the full parser, so no
-/// reader of the stored text can see a value other than the one that was checked. It differs from the map as
-/// serde_json writes it only in what JSON leaves free: key order, whitespace, escapes and number notation.
+/// The JSON text of an event's `data` and `metadata` as the client sent it, when it may be stored as it is. Each
+/// holds the same value as the draft's map, for every reader: a repeated key at any depth, or one of serde_json's
+/// reserved keys, sent the event to the full parser, and a part with a number that serde_json would write
+/// differently (`1E2`, `5.00`, `100.00000000000000001`) is left out here and written from the map. It differs from
+/// the map as serde_json writes it only in what JSON leaves free: key order, whitespace and string escapes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RawParts<'a> {
     pub data: Option<&'a str>,
@@ -301,7 +302,10 @@ impl<'a> Wire<'a> {
             None => None,
         };
         let object = |raw: Option<&'a RawValue>| match raw {
-            Some(r) => Some((Some(r.get()), strict_object(r.get())?)),
+            Some(r) => {
+                let (map, as_sent) = strict_object(r.get())?;
+                Some((as_sent.then(|| r.get()), map))
+            }
             None => Some((None, Map::new())),
         };
         let (data_text, data) = object(self.data)?;
@@ -328,43 +332,95 @@ impl<'a> Wire<'a> {
 }
 
 /// A JSON object's text as a map, `None` unless it is an object without a repeated key at any depth (serde_json's
-/// `Value` keeps the last of a repeated key; text with one cannot be stored as sent) and nested no deeper than it
-/// may be inside an event (serde_json reads at most 127 levels, and the envelope is one of them).
-fn strict_object(text: &str) -> Option<Map<String, Value>> {
+/// `Value` keeps the last of a repeated key; text with one cannot be stored as sent), without serde_json's reserved
+/// keys, and nested no deeper than it may be inside an event (serde_json reads at most 127 levels, and the envelope
+/// is one of them). The flag says whether the text may be stored as sent: it may unless one of its numbers is
+/// written otherwise than serde_json writes the value it read (see [`numbers_as_serde_writes`]).
+fn strict_object(text: &str) -> Option<(Map<String, Value>, bool)> {
     use serde::de::DeserializeSeed;
+    let floats = std::cell::Cell::new(false);
     let mut d = serde_json::Deserializer::from_str(text);
-    let v = Strict { levels: 126 }.deserialize(&mut d).ok()?;
+    let v = Strict { levels: 126, floats: &floats }.deserialize(&mut d).ok()?;
     d.end().ok()?;
     match v {
-        Value::Object(m) => Some(m),
+        Value::Object(m) => Some((m, !floats.get() || numbers_as_serde_writes(text))),
         _ => None,
     }
 }
 
-/// A JSON value read as serde_json's `Value` reads it, except that a repeated object key is an error, and so is
-/// an array or object nested more than `levels` deep.
-#[derive(Clone, Copy)]
-struct Strict {
-    levels: u32,
+/// Whether every number in the JSON text `text` is written as serde_json writes the value it reads: an integer
+/// within `i64` or `u64`, or a float in serde's shortest form. The schema checked the value serde read; a reader
+/// that keeps numbers exact (a decimal type) must find that same value in the stored text, not
+/// `100.00000000000000001` where `100.0` was checked against a maximum of 100.
+fn numbers_as_serde_writes(text: &str) -> bool {
+    let b = text.as_bytes();
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'"' => {
+                // To the closing quote; a backslash escapes the byte after it.
+                i += 1;
+                loop {
+                    let Some(at) = b.get(i..).and_then(crate::scan::quote_or_backslash) else { return false };
+                    i += at;
+                    if b[i] == b'"' {
+                        break;
+                    }
+                    i += 2;
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while b.get(i).is_some_and(|c| matches!(c, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')) {
+                    i += 1;
+                }
+                if !number_as_serde_writes(&text[start..i]) {
+                    return false;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    true
 }
 
-impl Strict {
-    fn inner<E: serde::de::Error>(self) -> Result<Strict, E> {
+fn number_as_serde_writes(token: &str) -> bool {
+    if !token.contains(['.', 'e', 'E']) {
+        // serde_json reads `-0` as the float -0.0, which it writes as `-0.0`.
+        return token != "-0" && (token.parse::<i64>().is_ok() || token.parse::<u64>().is_ok());
+    }
+    let Some(n) = token.parse::<f64>().ok().and_then(serde_json::Number::from_f64) else { return false };
+    let mut written = Vec::with_capacity(24);
+    serde_json::to_writer(&mut written, &n).is_ok() && written == token.as_bytes()
+}
+
+/// A JSON value read as serde_json's `Value` reads it from text, except that a repeated object key is an error, and
+/// so are serde_json's reserved keys (with which its `Value` reads a string as JSON text) and an array or object
+/// nested more than `levels` deep. `floats` is set when a number was read as a float.
+#[derive(Clone, Copy)]
+struct Strict<'f> {
+    levels: u32,
+    floats: &'f std::cell::Cell<bool>,
+}
+
+impl<'f> Strict<'f> {
+    fn inner<E: serde::de::Error>(self) -> Result<Strict<'f>, E> {
         match self.levels.checked_sub(1) {
-            Some(levels) => Ok(Strict { levels }),
+            Some(levels) => Ok(Strict { levels, floats: self.floats }),
             None => Err(E::custom("nested too deeply")),
         }
     }
 }
 
-impl<'de> serde::de::DeserializeSeed<'de> for Strict {
+impl<'de> serde::de::DeserializeSeed<'de> for Strict<'_> {
     type Value = Value;
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for Strict {
+impl<'de> serde::de::Visitor<'de> for Strict<'_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -380,6 +436,7 @@ impl<'de> serde::de::Visitor<'de> for Strict {
         Ok(Value::Number(n.into()))
     }
     fn visit_f64<E>(self, n: f64) -> Result<Value, E> {
+        self.floats.set(true);
         Ok(serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number))
     }
     fn visit_str<E>(self, s: &str) -> Result<Value, E> {
@@ -403,6 +460,9 @@ impl<'de> serde::de::Visitor<'de> for Strict {
         let inner = self.inner()?;
         let mut out = Map::new();
         while let Some(k) = map.next_key::<String>()? {
+            if k.starts_with("$serde_json::private::") {
+                return Err(serde::de::Error::custom("serde_json's reserved key"));
+            }
             let v = map.next_value_seed(inner)?;
             if out.insert(k, v).is_some() {
                 return Err(serde::de::Error::custom("repeated key"));
@@ -724,8 +784,37 @@ mod tests {
             r#"{"tenantId":"t1","eventType":"USER_ACTION","source":"AWS","data":[1]}"#,
             r#"{"tenantId":"t1","eventType":"USER_ACTION","source":"AWS","data":{"x":1e400}}"#,
             r#"{"tenantId":"t1","eventType":"USER_ACTION","source":"AWS","data":{"x":"\ud800"}}"#,
+            // serde_json's `Value` reads this key's string as JSON text: a reader would see another value.
+            r#"{"tenantId":"t1","eventType":"RISK_CREATED","source":"AWS","data":{"$serde_json::private::RawValue":"{\"riskScore\":1000}"}}"#,
+            r#"{"tenantId":"t1","eventType":"USER_ACTION","source":"AWS","metadata":{"x":{"$serde_json::private::RawValue":"no"}}}"#,
         ] {
             assert_eq!(parse_text(text, &cat()), None, "{text}");
+        }
+    }
+
+    /// A part is stored as sent only when each of its numbers is written as serde_json writes the value it read;
+    /// else it is written from the map, so that an exact reader finds the value that was checked.
+    #[test]
+    fn numbers_are_stored_as_checked() {
+        let raw = |data: &str| {
+            let text = format!(r#"{{"tenantId":"t1","eventType":"USER_ACTION","source":"AWS","data":{data}}}"#);
+            parse_text(&text, &cat()).map(|c| c.raw.data.map(str::to_string))
+        };
+        for kept in [r#"{"a":5.0,"b":[1,-2,0.1,1e+21,1.5e-7],"c":"1E2 in a string"}"#, r#"{"a":18446744073709551615}"#]
+        {
+            assert_eq!(raw(kept), Some(Some(kept.to_string())), "{kept}");
+        }
+        for written in [
+            r#"{"a":1E2}"#,
+            r#"{"a":1e21}"#,
+            r#"{"a":5.00}"#,
+            r#"{"a":100.00000000000000001}"#,
+            r#"{"a":-1e-400}"#,
+            r#"{"a":18446744073709551616}"#,
+            r#"{"a":-0,"b":0.5}"#,
+            r#"{"s":"\"","a":[{"b":2.50}]}"#,
+        ] {
+            assert_eq!(raw(written), Some(None), "{written}");
         }
     }
 

@@ -99,7 +99,7 @@ pub enum RedisStreamSinkError {
 /// [`MAX_ENTRY_EVENTS`].)
 pub struct StreamEntry {
     pub tenant: TenantId,
-    pub events: Vec<Arc<[u8]>>,
+    pub events: Vec<bytes::Bytes>,
     pub max_len: u64,
     pub retention_ms: u64,
 }
@@ -468,7 +468,7 @@ mod tests {
     fn run(tenant: &TenantId, texts: &[&str]) -> StreamEntry {
         StreamEntry {
             tenant: tenant.clone(),
-            events: texts.iter().map(|t| Arc::from(t.as_bytes())).collect(),
+            events: texts.iter().map(|t| bytes::Bytes::copy_from_slice(t.as_bytes())).collect(),
             max_len: 100,
             retention_ms: 1_000,
         }

@@ -120,8 +120,8 @@ pub async fn bulk(
         }
     };
     let bytes = body::read(body, state.cfg.max_bulk_bytes, Duration::from_millis(state.cfg.body_timeout_ms)).await?;
-    // A valid event goes from its text straight to its draft (`Pipeline::document`); only the others become a
-    // `Value` tree for the field-by-field check.
+    // A valid event goes from its text straight to its draft (`Pipeline::bulk_documents` for a whole plain body,
+    // `Pipeline::document` for one item); only the others become a `Value` tree for the field-by-field check.
     let pipeline = &state.pipeline;
     let texts = ItemTexts::new(&bytes, body::split_bulk);
     let items: Vec<Result<Document<'_>, FieldError>> = if ndjson {
