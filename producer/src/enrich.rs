@@ -1,35 +1,19 @@
 //! Enrichment: the fields evstream adds on ingest.
 
-use schemas::event::{EventDraft, SCHEMA_VERSION};
-use schemas::{Event, EventId};
+use schemas::event::EventDraft;
+use schemas::Event;
 use time::OffsetDateTime;
 
 /// Fills `id` (UUIDv7) when absent, `receivedAt`, `schemaVersion`, `occurredAt` (defaults to receipt time) and
 /// `correlationId` (the client's, else the request's `X-Correlation-Id`, else the event id).
 pub fn enrich(d: EventDraft, received_at: OffsetDateTime, request_correlation: Option<&str>) -> Event {
-    let id = d.id.unwrap_or_else(EventId::generate);
-    let correlation_id =
-        d.correlation_id.or_else(|| request_correlation.map(str::to_string)).unwrap_or_else(|| id.as_str().to_string());
-    Event {
-        id,
-        tenant_id: d.tenant_id,
-        event_type: d.event_type,
-        source: d.source,
-        action: d.action,
-        entity_id: d.entity_id,
-        entity_type: d.entity_type,
-        data: d.data,
-        metadata: d.metadata,
-        occurred_at: d.occurred_at.unwrap_or(received_at),
-        received_at,
-        schema_version: SCHEMA_VERSION.to_string(),
-        correlation_id,
-    }
+    d.into_event(received_at, |id| request_correlation.map_or_else(|| id.as_str().to_string(), str::to_string))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use schemas::event::SCHEMA_VERSION;
     use schemas::Catalog;
     use serde_json::json;
 

@@ -93,6 +93,30 @@ pub struct EventDraft {
     pub correlation_id: Option<String>,
 }
 
+impl EventDraft {
+    /// The stored event: the client's fields, with `id`, `correlationId` and `occurredAt` filled where the client
+    /// left them out (`id` generated, `correlation_id` given, `occurredAt` the receipt time).
+    pub fn into_event(self, received_at: OffsetDateTime, correlation_id: impl FnOnce(&EventId) -> String) -> Event {
+        let id = self.id.unwrap_or_else(EventId::generate);
+        let correlation_id = self.correlation_id.unwrap_or_else(|| correlation_id(&id));
+        Event {
+            id,
+            tenant_id: self.tenant_id,
+            event_type: self.event_type,
+            source: self.source,
+            action: self.action,
+            entity_id: self.entity_id,
+            entity_type: self.entity_type,
+            data: self.data,
+            metadata: self.metadata,
+            occurred_at: self.occurred_at.unwrap_or(received_at),
+            received_at,
+            schema_version: SCHEMA_VERSION.to_string(),
+            correlation_id,
+        }
+    }
+}
+
 const KNOWN_FIELDS: &[&str] = &[
     "id",
     "tenantId",
@@ -836,22 +860,7 @@ mod tests {
     }
 
     fn enrich_for_test(d: EventDraft) -> Event {
-        let now = OffsetDateTime::now_utc();
-        Event {
-            id: EventId::generate(),
-            tenant_id: d.tenant_id,
-            event_type: d.event_type,
-            source: d.source,
-            action: d.action,
-            entity_id: d.entity_id,
-            entity_type: d.entity_type,
-            data: d.data,
-            metadata: d.metadata,
-            occurred_at: now,
-            received_at: now,
-            schema_version: SCHEMA_VERSION.to_string(),
-            correlation_id: "c".to_string(),
-        }
+        d.into_event(OffsetDateTime::now_utc(), |_| "c".to_string())
     }
 
     #[test]
