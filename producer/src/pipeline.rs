@@ -19,7 +19,7 @@ use crate::tenant_stats::TenantStats;
 use crate::topics::{TopicSpec, Topics};
 use schemas::catalog::source_label;
 use schemas::config::{DestinationKind, FilterOutcome};
-use schemas::event::{parse_bulk_text, parse_owned, parse_text, peek_tenant, Checked, EventDraft, RawParts};
+use schemas::event::{parse_bulk_text, parse_owned, parse_text, peek_tenant, EventDraft};
 use schemas::{Catalog, Event, EventId, EventType, FieldError, SourceName, StreamConfig, TenantId};
 use serde::Serialize;
 use serde_json::Value;
@@ -142,7 +142,7 @@ pub enum Document<'a> {
     Value(Value),
     /// Found valid straight from its JSON text by [`Pipeline::document`] or [`Pipeline::bulk_documents`], without
     /// a `Value` tree. Where its text is, is kept for the dead-letter record in case the tenant refuses the event.
-    Valid { checked: Box<Checked<'a>>, text: Text<'a> },
+    Valid { draft: Box<EventDraft>, text: Text<'a> },
 }
 
 /// Where the text of a [`Document::Valid`] is.
@@ -546,10 +546,9 @@ impl Pipeline {
         let i = &self.inner;
         let v = match doc {
             Document::Value(v) => v,
-            Document::Valid { checked, text } => {
-                let Checked { draft, raw } = *checked;
+            Document::Valid { draft, text } => {
                 return match self.admit(&draft.tenant_id, Some(&draft.source), ctx, last_config) {
-                    Ok(cfg) => Ok(self.finish(draft, cfg, ctx, single, raw)),
+                    Ok(cfg) => Ok(self.finish(*draft, cfg, ctx, single)),
                     // The text parsed once already; `Null` only keeps the types total.
                     Err(e) => {
                         let original = text.get().and_then(|t| serde_json::from_str(t).ok()).unwrap_or(Value::Null);
@@ -572,7 +571,7 @@ impl Pipeline {
         };
         let draft = parse_owned(v, &i.catalog).map_err(|(errors, v)| Box::new((IngestError::Invalid { errors }, v)))?;
         // A valid draft always has a valid tenant, so `cfg` is known here; the fallback is unreachable.
-        Ok(self.finish(draft, cfg.unwrap_or_default(), ctx, single, RawParts::default()))
+        Ok(self.finish(draft, cfg.unwrap_or_default(), ctx, single))
     }
 
     /// One event's JSON as a document: a valid event is checked straight from its text, anything else is parsed
@@ -580,7 +579,7 @@ impl Pipeline {
     pub fn document<'a>(&self, bytes: &'a [u8]) -> Result<Document<'a>, serde_json::Error> {
         let valid = std::str::from_utf8(bytes).ok().and_then(|t| Some((parse_text(t, &self.inner.catalog)?, t)));
         match valid {
-            Some((checked, text)) => Ok(Document::Valid { checked: Box::new(checked), text: Text::Own(text) }),
+            Some((draft, text)) => Ok(Document::Valid { draft: Box::new(draft), text: Text::Own(text) }),
             None => serde_json::from_slice(bytes).map(Document::Value),
         }
     }
@@ -593,7 +592,7 @@ impl Pipeline {
         let mut index = 0;
         parse_bulk_text(text, &self.inner.catalog, |c| {
             index += 1;
-            Document::Valid { checked: Box::new(c), text: Text::Item { items, index: index - 1 } }
+            Document::Valid { draft: Box::new(c), text: Text::Item { items, index: index - 1 } }
         })
     }
 
@@ -634,15 +633,7 @@ impl Pipeline {
     }
 
     /// enrich -> filter -> serialise, for a valid draft of an admitted tenant.
-    /// `raw`: the text of `data` and `metadata` as sent, when it may be stored as it is.
-    fn finish(
-        &self,
-        draft: EventDraft,
-        cfg: Arc<StreamConfig>,
-        ctx: &RequestContext<'_>,
-        single: bool,
-        raw: RawParts<'_>,
-    ) -> Prepared {
+    fn finish(&self, draft: EventDraft, cfg: Arc<StreamConfig>, ctx: &RequestContext<'_>, single: bool) -> Prepared {
         let i = &self.inner;
         // Event ids and Idempotency-Keys live in separate namespaces.
         let client_id = draft.id.as_ref().map(|id| format!("id:{id}"));
@@ -663,7 +654,7 @@ impl Pipeline {
         // Serialising an `Event` cannot fail: every field is a string, number, map or timestamp.
         // The text moves into `Bytes` as it is (an `Arc<[u8]>` would copy it), shared by the Kafka record and
         // the window.
-        let json = bytes::Bytes::from(event.to_json_with(raw).unwrap_or_default());
+        let json = bytes::Bytes::from(event.to_json().unwrap_or_default());
         // From here on the JSON text stands for the event: what the envelope does not keep is freed now, while it
         // is still in the cache, instead of after the broker's acknowledgement with the rest of the request.
         let event = Envelope::from(event);

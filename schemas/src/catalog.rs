@@ -105,6 +105,8 @@ pub fn source_label(source: &str) -> &'static str {
 /// Compiled JSON Schemas for every event type. Build once at start-up and share.
 pub struct Catalog {
     validators: Vec<jsonschema::Validator>,
+    /// Per type, how to check `data` from its text when the schema allows it (see [`crate::object`]).
+    plans: Vec<Option<crate::object::Plan>>,
 }
 
 /// At most this many schema errors are reported for one event; the first few say enough.
@@ -114,15 +116,22 @@ impl Catalog {
     /// Compiles every schema. Panics only if a schema shipped in the binary is itself invalid, which the unit
     /// tests rule out.
     pub fn new() -> Self {
-        let validators = EventType::ALL
+        let (validators, plans) = EventType::ALL
             .iter()
             .map(|t| {
                 let schema: serde_json::Value =
                     serde_json::from_str(t.schema_text()).unwrap_or_else(|e| panic!("schema for {t} is not JSON: {e}"));
-                jsonschema::draft202012::new(&schema).unwrap_or_else(|e| panic!("schema for {t} is invalid: {e}"))
+                let validator =
+                    jsonschema::draft202012::new(&schema).unwrap_or_else(|e| panic!("schema for {t} is invalid: {e}"));
+                (validator, crate::object::Plan::of(&schema))
             })
-            .collect();
-        Self { validators }
+            .unzip();
+        Self { validators, plans }
+    }
+
+    /// How to check a type's `data` from its text, when its schema allows that.
+    pub(crate) fn plan(&self, t: EventType) -> Option<&crate::object::Plan> {
+        self.plans[t as usize].as_ref()
     }
 
     /// The raw JSON Schema document of a type's `data`.

@@ -1,25 +1,20 @@
 //! The stored envelope as JSON text, written by hand: byte for byte what `serde_json::to_vec(&event)` writes (a
-//! property test holds the two together), but faster on the ingest path. serde_json looks at every byte of every
-//! string to find what needs escaping; here a string is first checked whole, eight bytes at a time
-//! ([`crate::scan::clean`]), and copied in one piece when it is clean, which nearly every string is. Only a string that needs escaping goes
-//! through serde_json. [`Event::to_json_with`] differs in one thing: it copies `data` and `metadata` from the
-//! client's text where the parser found that text fit to be stored as sent (see `RawParts`).
+//! property test holds the two together), but faster on the ingest path, except that `data` and `metadata` are
+//! copied from the client's text where the parser kept it (see [`crate::object::Object`]). serde_json looks at
+//! every byte of every string to find what needs escaping; here a string is first checked whole, eight bytes at a
+//! time ([`crate::scan::clean`]), and copied in one piece when it is clean, which nearly every string is. Only a
+//! string that needs escaping goes through serde_json.
 
-use crate::event::{with_rfc3339, Event, RawParts};
+use crate::event::{with_rfc3339, Event};
+use crate::object::Object;
 use serde_json::{Map, Value};
 
 impl Event {
-    /// The envelope as stored in Kafka and Redis. `None` only if a timestamp cannot be written as RFC 3339, which
-    /// the parser never lets in.
+    /// The envelope as stored in Kafka and Redis, with `data` and `metadata` as the client sent them where their
+    /// text was kept. `None` only if a timestamp cannot be written as RFC 3339, which the parser never lets in.
     pub fn to_json(&self) -> Option<Vec<u8>> {
-        self.to_json_with(RawParts::default())
-    }
-
-    /// [`Event::to_json`], with `data` and `metadata` copied from the text the client sent where `raw` has it
-    /// (which holds the same values as the maps; see [`RawParts`]) instead of written from the maps.
-    pub fn to_json_with(&self, raw: RawParts<'_>) -> Option<Vec<u8>> {
-        let size = |text: Option<&str>, m: &Map<String, Value>| text.map_or(64 * m.len(), str::len);
-        let mut out = Vec::with_capacity(320 + size(raw.data, &self.data) + size(raw.metadata, &self.metadata));
+        let size = |o: &Object| o.text().map_or_else(|| 64 * o.len(), str::len);
+        let mut out = Vec::with_capacity(320 + size(&self.data) + size(&self.metadata));
         let o = &mut out;
         o.extend_from_slice(b"{\"id\":");
         string(o, self.id.as_str());
@@ -42,15 +37,9 @@ impl Event {
             }
         }
         o.extend_from_slice(b",\"data\":");
-        match raw.data {
-            Some(text) => o.extend_from_slice(text.as_bytes()),
-            None => object(o, &self.data),
-        }
+        part(o, &self.data);
         o.extend_from_slice(b",\"metadata\":");
-        match raw.metadata {
-            Some(text) => o.extend_from_slice(text.as_bytes()),
-            None => object(o, &self.metadata),
-        }
+        part(o, &self.metadata);
         o.extend_from_slice(b",\"occurredAt\":");
         with_rfc3339(self.occurred_at, |t| t.map(|t| plain(o, t)))?;
         o.extend_from_slice(b",\"receivedAt\":");
@@ -61,6 +50,14 @@ impl Event {
         string(o, &self.correlation_id);
         o.push(b'}');
         Some(out)
+    }
+}
+
+/// Appends `data` or `metadata`: the client's text where it is kept, else the map.
+fn part(out: &mut Vec<u8>, p: &Object) {
+    match p.text() {
+        Some(text) => out.extend_from_slice(text.as_bytes()),
+        None => object(out, p),
     }
 }
 
@@ -186,8 +183,8 @@ mod tests {
                     action,
                     entity_id,
                     entity_type,
-                    data,
-                    metadata,
+                    data: data.into(),
+                    metadata: metadata.into(),
                     occurred_at: at.to_offset(offset),
                     received_at: at,
                     schema_version: version,
@@ -206,18 +203,20 @@ mod tests {
             prop_assert_eq!(e.to_json(), serde_json::to_vec(&e).ok());
         }
 
-        /// With the maps' own text as the raw parts, the envelope is the same; with any text, that text is what
+        /// With the maps' own text kept as sent, the envelope is the same; with any text kept, that text is what
         /// the stored envelope holds.
         #[test]
-        fn raw_parts_are_copied(e in event(), reorder in any::<bool>()) {
+        fn kept_text_is_copied(mut e in event(), reorder in any::<bool>()) {
+            let plain = e.to_json();
             let data = serde_json::to_string(&e.data).unwrap();
             let metadata = serde_json::to_string(&e.metadata).unwrap();
-            let raw = crate::event::RawParts { data: Some(&data), metadata: Some(&metadata) };
-            prop_assert_eq!(e.to_json_with(raw), e.to_json());
+            e.data = crate::object::Object::from_checked_text(&data);
+            e.metadata = crate::object::Object::from_checked_text(&metadata);
+            prop_assert_eq!(e.to_json(), plain);
             // The client's key order and spacing are kept.
             let sent = if reorder { r#"{ "b": 1, "a": [true] }"# } else { "{}" };
-            let raw = crate::event::RawParts { data: Some(sent), metadata: None };
-            if let Some(stored) = e.to_json_with(raw) {
+            e.data = crate::object::Object::from_checked_text(sent);
+            if let Some(stored) = e.to_json() {
                 let stored = String::from_utf8(stored).unwrap();
                 prop_assert!(stored.contains(&format!(",\"data\":{sent},\"metadata\":{metadata},")), "{}", stored);
             }

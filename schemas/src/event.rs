@@ -4,6 +4,8 @@
 use crate::catalog::{Catalog, EventType};
 use crate::field::FieldError;
 use crate::ids::{EventId, SourceName, TenantId};
+use crate::object::check_text;
+pub use crate::object::Object;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -29,8 +31,8 @@ pub struct Event {
     pub entity_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entity_type: Option<String>,
-    pub data: Map<String, Value>,
-    pub metadata: Map<String, Value>,
+    pub data: Object,
+    pub metadata: Object,
     #[serde(with = "rfc3339")]
     pub occurred_at: OffsetDateTime,
     #[serde(with = "rfc3339")]
@@ -87,8 +89,8 @@ pub struct EventDraft {
     pub action: Option<String>,
     pub entity_id: Option<String>,
     pub entity_type: Option<String>,
-    pub data: Map<String, Value>,
-    pub metadata: Map<String, Value>,
+    pub data: Object,
+    pub metadata: Object,
     pub occurred_at: Option<OffsetDateTime>,
     pub correlation_id: Option<String>,
 }
@@ -151,8 +153,8 @@ pub fn parse_owned(v: Value, catalog: &Catalog) -> Result<EventDraft, (Vec<Field
         Err(e) => Err((e, v)),
         Ok(mut d) => {
             if let Value::Object(mut obj) = v {
-                d.data = take_object(obj.remove("data"));
-                d.metadata = take_object(obj.remove("metadata"));
+                d.data = take_object(obj.remove("data")).into();
+                d.metadata = take_object(obj.remove("metadata")).into();
             }
             Ok(d)
         }
@@ -176,7 +178,7 @@ struct Wire<'a> {
     entity_id: Option<&'a str>,
     #[serde(default)]
     entity_type: Option<&'a str>,
-    // Kept as text: checked by [`strict_object`], and stored as sent (see [`RawParts`]).
+    // Kept as text: checked from it, and stored as sent where it may be (see [`Object`]).
     #[serde(default, borrow)]
     data: Option<&'a RawValue>,
     #[serde(default, borrow)]
@@ -193,40 +195,21 @@ struct Wire<'a> {
     _schema_version: Option<&'a str>,
 }
 
-/// A valid event taken straight from its JSON text by [`parse_text`] or [`parse_bulk_text`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct Checked<'a> {
-    pub draft: EventDraft,
-    /// The text of `data` and `metadata` as sent, to be stored as it is instead of written again from the draft.
-    pub raw: RawParts<'a>,
-}
-
-/// The JSON text of an event's `data` and `metadata` as the client sent it, when it may be stored as it is. Each
-/// holds the same value as the draft's map, for every reader: a repeated key at any depth, or one of serde_json's
-/// reserved keys, sent the event to the full parser, and a part with a number that serde_json would write
-/// differently (`1E2`, `5.00`, `100.00000000000000001`) is left out here and written from the map. It differs from
-/// the map as serde_json writes it only in what JSON leaves free: key order, whitespace and string escapes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RawParts<'a> {
-    pub data: Option<&'a str>,
-    pub metadata: Option<&'a str>,
-}
-
 /// The fast path of [`parse_owned`] for JSON text: a valid event becomes a draft without a `Value` tree for its
 /// envelope. `None` means "not known to be valid": the caller parses the text into a `Value` and calls
 /// [`parse_owned`], which gives the same draft for every document this accepts and reports what is wrong with the
 /// rest.
-pub fn parse_text<'a>(text: &'a str, catalog: &Catalog) -> Option<Checked<'a>> {
+pub fn parse_text(text: &str, catalog: &Catalog) -> Option<EventDraft> {
     if !is_object_text(text.as_bytes()) {
         return None;
     }
-    serde_json::from_str::<Wire<'a>>(text).ok()?.check(catalog)
+    serde_json::from_str::<Wire<'_>>(text).ok()?.check(catalog)
 }
 
 /// A bulk body of the plain shape, `{"events": [...]}`, read in one pass: `each` of its events, in order, when
 /// every one would take the fast path of [`parse_text`]. `None` when the body has another shape or any of its
 /// events needs the full parse (the pass stops at the first); the caller then takes the body apart item by item.
-pub fn parse_bulk_text<'a, T>(text: &'a str, catalog: &Catalog, each: impl FnMut(Checked<'a>) -> T) -> Option<Vec<T>> {
+pub fn parse_bulk_text<T>(text: &str, catalog: &Catalog, each: impl FnMut(EventDraft) -> T) -> Option<Vec<T>> {
     use serde::de::{DeserializeSeed, Error as _, MapAccess, SeqAccess, Visitor};
     use std::fmt;
 
@@ -238,7 +221,7 @@ pub fn parse_bulk_text<'a, T>(text: &'a str, catalog: &Catalog, each: impl FnMut
         each: F,
     }
 
-    impl<'de, 'c, T, F: FnMut(Checked<'de>) -> T> Visitor<'de> for Body<'c, F> {
+    impl<'de, 'c, T, F: FnMut(EventDraft) -> T> Visitor<'de> for Body<'c, F> {
         type Value = Vec<T>;
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str(r#"{"events": [...]}"#)
@@ -255,14 +238,14 @@ pub fn parse_bulk_text<'a, T>(text: &'a str, catalog: &Catalog, each: impl FnMut
         }
     }
 
-    impl<'de, 'c, T, F: FnMut(Checked<'de>) -> T> DeserializeSeed<'de> for Events<'c, F> {
+    impl<'de, 'c, T, F: FnMut(EventDraft) -> T> DeserializeSeed<'de> for Events<'c, F> {
         type Value = Vec<T>;
         fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Vec<T>, D::Error> {
             d.deserialize_seq(self)
         }
     }
 
-    impl<'de, 'c, T, F: FnMut(Checked<'de>) -> T> Visitor<'de> for Events<'c, F> {
+    impl<'de, 'c, T, F: FnMut(EventDraft) -> T> Visitor<'de> for Events<'c, F> {
         type Value = Vec<T>;
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str("an array of events")
@@ -307,7 +290,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Item<'a> {
 
 impl<'a> Wire<'a> {
     /// The checks of [`check`] that the typed parse left: ids, the catalog, lengths, the timestamp, the schema.
-    fn check(self, catalog: &Catalog) -> Option<Checked<'a>> {
+    fn check(self, catalog: &Catalog) -> Option<EventDraft> {
         let id = match self.id {
             Some(s) => Some(EventId::new(s).ok()?),
             None => None,
@@ -325,33 +308,54 @@ impl<'a> Wire<'a> {
             Some(s) => Some(OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?),
             None => None,
         };
-        let object = |raw: Option<&'a RawValue>| match raw {
-            Some(r) => {
-                let (map, as_sent) = strict_object(r.get())?;
-                Some((as_sent.then(|| r.get()), map))
-            }
-            None => Some((None, Map::new())),
-        };
-        let (data_text, data) = object(self.data)?;
-        let (metadata_text, metadata) = object(self.metadata)?;
-        let data = Value::Object(data);
-        catalog.validate_data(event_type, &data).ok()?;
-        Some(Checked {
-            draft: EventDraft {
-                id,
-                tenant_id: TenantId::new(self.tenant_id).ok()?,
-                event_type,
-                source: SourceName::new(self.source).ok()?,
-                action: short(self.action).ok()?,
-                entity_id: short(self.entity_id).ok()?,
-                entity_type: short(self.entity_type).ok()?,
-                data: take_object(Some(data)),
-                metadata,
-                occurred_at,
-                correlation_id,
+        let data = match self.data {
+            Some(raw) => match catalog.plan(event_type).and_then(|plan| check_text(raw.get(), Some(plan))) {
+                Some(floats) => checked_object(raw.get(), floats)?,
+                // A schema or a value the text check leaves to jsonschema.
+                None => {
+                    let (map, as_sent) = strict_object(raw.get())?;
+                    let map = Value::Object(map);
+                    catalog.validate_data(event_type, &map).ok()?;
+                    let map = take_object(Some(map));
+                    if as_sent {
+                        Object::with_text(map, raw.get())
+                    } else {
+                        Object::from(map)
+                    }
+                }
             },
-            raw: RawParts { data: data_text, metadata: metadata_text },
+            None => {
+                catalog.validate_data(event_type, &Value::Object(Map::new())).ok()?;
+                Object::default()
+            }
+        };
+        let metadata = match self.metadata {
+            Some(raw) => checked_object(raw.get(), check_text(raw.get(), None)?)?,
+            None => Object::default(),
+        };
+        Some(EventDraft {
+            id,
+            tenant_id: TenantId::new(self.tenant_id).ok()?,
+            event_type,
+            source: SourceName::new(self.source).ok()?,
+            action: short(self.action).ok()?,
+            entity_id: short(self.entity_id).ok()?,
+            entity_type: short(self.entity_type).ok()?,
+            data,
+            metadata,
+            occurred_at,
+            correlation_id,
         })
+    }
+}
+
+/// A part whose text [`check_text`] found valid: kept as text unless one of its numbers is written otherwise than
+/// serde_json writes the value it read (`floats` says whether there is a float to look at), then read into a map.
+fn checked_object(text: &str, floats: bool) -> Option<Object> {
+    if !floats || numbers_as_serde_writes(text) {
+        Some(Object::from_checked_text(text))
+    } else {
+        serde_json::from_str::<Map<String, Value>>(text).ok().map(Object::from)
     }
 }
 
@@ -360,11 +364,11 @@ impl<'a> Wire<'a> {
 /// keys, and nested no deeper than it may be inside an event (serde_json reads at most 127 levels, and the envelope
 /// is one of them). The flag says whether the text may be stored as sent: it may unless one of its numbers is
 /// written otherwise than serde_json writes the value it read (see [`numbers_as_serde_writes`]).
-fn strict_object(text: &str) -> Option<(Map<String, Value>, bool)> {
+pub(crate) fn strict_object(text: &str) -> Option<(Map<String, Value>, bool)> {
     use serde::de::DeserializeSeed;
     let floats = std::cell::Cell::new(false);
     let mut d = serde_json::Deserializer::from_str(text);
-    let v = Strict { levels: 126, floats: &floats }.deserialize(&mut d).ok()?;
+    let v = Strict { levels: crate::object::LEVELS, floats: &floats }.deserialize(&mut d).ok()?;
     d.end().ok()?;
     match v {
         Value::Object(m) => Some((m, !floats.get() || numbers_as_serde_writes(text))),
@@ -608,8 +612,8 @@ fn check(v: &Value, catalog: &Catalog) -> Result<EventDraft, Vec<FieldError>> {
                 action,
                 entity_id,
                 entity_type,
-                data,
-                metadata,
+                data: data.into(),
+                metadata: metadata.into(),
                 occurred_at,
                 correlation_id,
             })
@@ -750,7 +754,7 @@ mod tests {
         let d = parse_event(&serde_json::from_str(text).unwrap(), &cat()).unwrap();
         let stored = serde_json::to_string(&d.data).unwrap();
         let back: Map<String, Value> = serde_json::from_str(&stored).unwrap();
-        assert_eq!(back, d.data);
+        assert_eq!(back, *d.data);
         assert_eq!(d.data["x"].as_f64(), Some(4.4444444444444455e106));
     }
 
@@ -786,14 +790,14 @@ mod tests {
             "entityId":"r-1","data":{"title":"x", "riskScore":5},"metadata":{"region":"eu"},"id":null,
             "occurredAt":"2026-01-31T12:00:00+02:00","receivedAt":"x"}"#;
         let fast = parse_text(text, &cat()).expect("a valid plain event takes the fast path");
-        assert_eq!(Ok(fast.draft), parse_event(&serde_json::from_str(text).unwrap(), &cat()));
+        assert_eq!(Ok(fast.clone()), parse_event(&serde_json::from_str(text).unwrap(), &cat()));
         // `data` and `metadata` as sent, spacing and key order kept.
         assert_eq!(
-            fast.raw,
-            RawParts { data: Some(r#"{"title":"x", "riskScore":5}"#), metadata: Some(r#"{"region":"eu"}"#) }
+            (fast.data.text(), fast.metadata.text()),
+            (Some(r#"{"title":"x", "riskScore":5}"#), Some(r#"{"region":"eu"}"#))
         );
         let bare = parse_text(r#"{"tenantId":"t1","eventType":"USER_ACTION","source":"AWS","data":null}"#, &cat());
-        assert_eq!(bare.map(|c| c.raw), Some(RawParts::default()));
+        assert_eq!(bare.map(|d| (d.data.text().is_none(), d.metadata.text().is_none())), Some((true, true)));
         // Left to the full parser: an escape in an envelope field, a repeated field, a schema violation, an array
         // (which serde would read as a struct), a value the full parse refuses in a field the draft drops, and a
         // repeated key inside `data` or `metadata` (whose text could not be stored as sent).
@@ -822,7 +826,7 @@ mod tests {
     fn numbers_are_stored_as_checked() {
         let raw = |data: &str| {
             let text = format!(r#"{{"tenantId":"t1","eventType":"USER_ACTION","source":"AWS","data":{data}}}"#);
-            parse_text(&text, &cat()).map(|c| c.raw.data.map(str::to_string))
+            parse_text(&text, &cat()).map(|d| d.data.text().map(str::to_string))
         };
         for kept in [r#"{"a":5.0,"b":[1,-2,0.1,1e+21,1.5e-7],"c":"1E2 in a string"}"#, r#"{"a":18446744073709551615}"#]
         {
@@ -850,7 +854,7 @@ mod tests {
             let data = format!("{}{}", r#"{"a":"#.repeat(depth), "1".to_string() + &"}".repeat(depth));
             let text = format!(r#"{{"tenantId":"t1","eventType":"USER_ACTION","source":"AWS","data":{data}}}"#);
             let full = serde_json::from_str::<Value>(&text).ok().and_then(|v| parse_event(&v, &cat()).ok());
-            let fast = parse_text(&text, &cat()).map(|c| c.draft);
+            let fast = parse_text(&text, &cat());
             assert_eq!(fast, full, "depth {depth}");
             if let Some(d) = fast {
                 let stored = enrich_for_test(d).to_json().unwrap();
@@ -972,14 +976,17 @@ mod tests {
             let full = parse_event(&v, &CATALOG);
             match parse_text(&text, &CATALOG) {
                 Some(fast) => {
-                    // The raw parts hold the draft's values.
-                    let parse = |t: Option<&str>| t.map_or(Ok(Map::new()), serde_json::from_str::<Map<String, Value>>);
-                    proptest::prop_assert_eq!(parse(fast.raw.data).ok(), Some(fast.draft.data.clone()));
-                    proptest::prop_assert_eq!(parse(fast.raw.metadata).ok(), Some(fast.draft.metadata.clone()));
+                    // The kept texts hold the draft's values.
+                    for part in [&fast.data, &fast.metadata] {
+                        if let Some(t) = part.text() {
+                            let back = serde_json::from_str::<Map<String, Value>>(t).ok();
+                            proptest::prop_assert_eq!(back.as_ref(), Some(part.map()));
+                        }
+                    }
                     // One pass over a bulk body of this event gives the same.
                     let body = format!(r#"{{"events":[{text},{text}]}}"#);
                     proptest::prop_assert_eq!(parse_bulk_text(&body, &CATALOG, |c| c), Some(vec![fast.clone(), fast.clone()]));
-                    proptest::prop_assert_eq!(Ok(fast.draft), full, "{}", text)
+                    proptest::prop_assert_eq!(Ok(fast), full, "{}", text)
                 }
                 None => {
                     // Server fields that are not strings are left to the full parser too.

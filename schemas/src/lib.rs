@@ -5,6 +5,7 @@
 //! - [`ids`]: validated newtypes (`TenantId`, `EventId`, `TopicName`, `SourceName`).
 //! - [`catalog`]: the event types and known sources, and the JSON Schema of each type's `data`.
 //! - [`event`]: the envelope as stored in Kafka and Redis, and [`event::parse_event`] for untrusted input.
+//! - [`object`]: `data` and `metadata`, held as the client's text where it may be stored as sent.
 //! - `encode`: [`Event::to_json`], the envelope's JSON text as the ingest path writes it.
 //! - [`config`]: the per-tenant stream configuration (`PUT /stream-config/{tenant}`).
 //! - [`policy`]: alert policies (rules, groups, templates), their validation and compiled evaluation.
@@ -18,6 +19,7 @@ pub mod encode;
 pub mod event;
 pub mod field;
 pub mod ids;
+pub mod object;
 pub mod policy;
 pub mod receiver;
 pub mod scan;

@@ -1,0 +1,607 @@
+//! An event's `data` and `metadata`: [`Object`], and the check that lets a valid part stay as the text the client
+//! sent instead of becoming a map on the ingest path.
+//!
+//! [`check_text`] reads a part's text once and checks, without building anything, what the full path checks with a
+//! map: a JSON object, no repeated key at any depth, none of serde_json's reserved keys, the nesting limit, and for
+//! `data` its type's JSON Schema, where the schema is simple enough for a [`Plan`] (types, string lengths, numeric
+//! bounds, string enums, required properties). It may only err on the safe side: when it cannot tell (a property
+//! whose schema it does not know how to check, a number it cannot compare exactly) it answers "no", and the caller
+//! takes the full path, where jsonschema decides and reports. A test holds the two paths together.
+
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::OnceLock;
+
+/// A JSON object: `data` or `metadata` of an event. Held as a map, or as the client's text when the parser found
+/// that text fit to be stored as sent (it holds the same values as the map, for every reader). The map is then
+/// read from the text the first time something looks inside: a condition on a field, or code that reads it.
+#[derive(Default)]
+pub struct Object {
+    text: Option<Box<str>>,
+    map: OnceLock<Map<String, Value>>,
+}
+
+impl Object {
+    /// A part whose text has been checked and may be stored as sent.
+    pub(crate) fn from_checked_text(text: &str) -> Self {
+        Self { text: Some(text.into()), map: OnceLock::new() }
+    }
+
+    /// A part read into `map` whose text may also be stored as sent.
+    pub(crate) fn with_text(map: Map<String, Value>, text: &str) -> Self {
+        Self { text: Some(text.into()), map: OnceLock::from(map) }
+    }
+
+    /// The text to store, when the client's text may be stored as it is.
+    pub fn text(&self) -> Option<&str> {
+        self.text.as_deref()
+    }
+
+    /// The object as a map.
+    pub fn map(&self) -> &Map<String, Value> {
+        // The text was checked to be an object before it was kept, so it always reads back.
+        self.map.get_or_init(|| self.text.as_deref().and_then(|t| serde_json::from_str(t).ok()).unwrap_or_default())
+    }
+
+    pub fn into_map(mut self) -> Map<String, Value> {
+        self.map();
+        self.map.take().unwrap_or_default()
+    }
+}
+
+impl From<Map<String, Value>> for Object {
+    fn from(map: Map<String, Value>) -> Self {
+        Self { text: None, map: OnceLock::from(map) }
+    }
+}
+
+impl std::ops::Deref for Object {
+    type Target = Map<String, Value>;
+    fn deref(&self) -> &Map<String, Value> {
+        self.map()
+    }
+}
+
+impl Clone for Object {
+    fn clone(&self) -> Self {
+        Self { text: self.text.clone(), map: self.map.clone() }
+    }
+}
+
+impl PartialEq for Object {
+    fn eq(&self, other: &Self) -> bool {
+        self.map() == other.map()
+    }
+}
+
+impl fmt::Debug for Object {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.map().fmt(f)
+    }
+}
+
+impl Serialize for Object {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.map().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Object {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Map::deserialize(d).map(Object::from)
+    }
+}
+
+/// How to check a type's `data` schema from text: present when every keyword at the top is one this knows
+/// (`type: object`, `properties`, `required`, `additionalProperties: true`, annotations).
+#[derive(Debug)]
+pub struct Plan {
+    properties: BTreeMap<String, Property>,
+    required: Vec<String>,
+}
+
+#[derive(Debug)]
+enum Property {
+    Simple(Simple),
+    /// A keyword this does not check (`format`, `pattern`, `anyOf`, `items`, ...): an instance with this
+    /// property takes the full path.
+    Unknown,
+}
+
+#[derive(Debug, Default)]
+struct Simple {
+    /// The JSON types allowed (bits of the `T_*` constants).
+    types: u8,
+    min_length: Option<u64>,
+    max_length: Option<u64>,
+    minimum: Option<f64>,
+    maximum: Option<f64>,
+    one_of: Option<Vec<String>>,
+}
+
+const T_NULL: u8 = 1;
+const T_BOOLEAN: u8 = 2;
+const T_INTEGER: u8 = 4;
+const T_NUMBER: u8 = 8;
+const T_STRING: u8 = 16;
+const T_ARRAY: u8 = 32;
+const T_OBJECT: u8 = 64;
+const T_ANY: u8 = 127;
+
+/// Keywords that only annotate.
+const ANNOTATIONS: &[&str] = &["$schema", "$id", "$comment", "title", "description", "examples", "default"];
+
+/// Integers up to this size are exact as `f64`, so comparing them as `f64` is exact too.
+const EXACT: f64 = 9_007_199_254_740_992.0;
+
+impl Plan {
+    /// The plan for a `data` schema, `None` when its top level uses a keyword this does not check.
+    pub fn of(schema: &Value) -> Option<Plan> {
+        let s = schema.as_object()?;
+        let mut plan = Plan { properties: BTreeMap::new(), required: Vec::new() };
+        for (k, v) in s {
+            match k.as_str() {
+                "type" if v == "object" => {}
+                "additionalProperties" if v == &Value::Bool(true) => {}
+                "properties" => {
+                    for (name, sub) in v.as_object()? {
+                        plan.properties
+                            .insert(name.clone(), Simple::of(sub).map_or(Property::Unknown, Property::Simple));
+                    }
+                }
+                "required" => {
+                    for r in v.as_array()? {
+                        plan.required.push(r.as_str()?.to_string());
+                    }
+                }
+                k if ANNOTATIONS.contains(&k) => {}
+                _ => return None,
+            }
+        }
+        Some(plan)
+    }
+}
+
+impl Simple {
+    fn of(schema: &Value) -> Option<Simple> {
+        let s = schema.as_object()?;
+        let mut out = Simple { types: T_ANY, ..Simple::default() };
+        let length = |v: &Value| v.as_u64();
+        let bound = |v: &Value| v.as_f64().filter(|f| f.abs() <= EXACT && (v.is_f64() || f.fract() == 0.0));
+        for (k, v) in s {
+            match k.as_str() {
+                "type" => {
+                    out.types = match v {
+                        Value::String(t) => type_bit(t)?,
+                        Value::Array(ts) => ts.iter().try_fold(0, |acc, t| Some(acc | type_bit(t.as_str()?)?))?,
+                        _ => return None,
+                    }
+                }
+                "minLength" => out.min_length = Some(length(v)?),
+                "maxLength" => out.max_length = Some(length(v)?),
+                "minimum" => out.minimum = Some(bound(v)?),
+                "maximum" => out.maximum = Some(bound(v)?),
+                "enum" => {
+                    let all =
+                        v.as_array()?.iter().map(|e| e.as_str().map(str::to_string)).collect::<Option<Vec<_>>>()?;
+                    out.one_of = Some(all);
+                }
+                k if ANNOTATIONS.contains(&k) => {}
+                _ => return None,
+            }
+        }
+        Some(out)
+    }
+
+    /// Is a JSON number `n` (an integer when `integer`) valid here? `None`: cannot tell exactly.
+    fn number(&self, n: f64, integer: bool) -> Option<bool> {
+        let typed = self.types & T_NUMBER != 0 || (integer && self.types & T_INTEGER != 0);
+        if !typed || self.one_of.is_some() {
+            // A float with no fraction is an integer to JSON Schema; leave that case to the full path.
+            return if !integer && self.types & T_INTEGER != 0 && n.fract() == 0.0 { None } else { Some(false) };
+        }
+        if (self.minimum.is_some() || self.maximum.is_some()) && integer && n.abs() > EXACT {
+            return None;
+        }
+        Some(self.minimum.is_none_or(|m| n >= m) && self.maximum.is_none_or(|m| n <= m))
+    }
+
+    fn string(&self, s: &str) -> bool {
+        if self.types & T_STRING == 0 {
+            return false;
+        }
+        if self.min_length.is_some() || self.max_length.is_some() {
+            let n = s.chars().count() as u64;
+            if self.min_length.is_some_and(|m| n < m) || self.max_length.is_some_and(|m| n > m) {
+                return false;
+            }
+        }
+        self.one_of.as_ref().is_none_or(|all| all.iter().any(|e| e == s))
+    }
+
+    /// A value of a type with no keyword but `type` that applies to it (null, boolean, array, object).
+    fn only_type(&self, bit: u8) -> bool {
+        self.types & bit != 0 && self.one_of.is_none()
+    }
+}
+
+fn type_bit(t: &str) -> Option<u8> {
+    Some(match t {
+        "null" => T_NULL,
+        "boolean" => T_BOOLEAN,
+        "integer" => T_INTEGER,
+        "number" => T_NUMBER,
+        "string" => T_STRING,
+        "array" => T_ARRAY,
+        "object" => T_OBJECT,
+        _ => return None,
+    })
+}
+
+/// Checks the text of a part (see the module doc): `Some(floats)` when it is a valid object (`floats`: one of its
+/// numbers was read as a float), `None` when it is not or when this cannot tell. `plan`: the schema of `data`;
+/// `None` checks the object alone.
+pub(crate) fn check_text(text: &str, plan: Option<&Plan>) -> Option<bool> {
+    let floats = Cell::new(false);
+    let mut d = serde_json::Deserializer::from_str(text);
+    let top = Skim { levels: LEVELS, floats: &floats };
+    match plan {
+        Some(plan) => d.deserialize_map(Top { skim: top, plan }).ok()?,
+        None => d.deserialize_map(top).ok()?,
+    }
+    d.end().ok()?;
+    Some(floats.get())
+}
+
+/// How deep a part may nest: serde_json reads at most 127 levels, and the envelope is one of them.
+pub(crate) const LEVELS: u32 = 126;
+
+/// Reads a value, building nothing, with the checks of the full path's strict read (see `event::Strict`).
+#[derive(Clone, Copy)]
+struct Skim<'f> {
+    levels: u32,
+    floats: &'f Cell<bool>,
+}
+
+impl<'f> Skim<'f> {
+    fn inner<E: de::Error>(self) -> Result<Skim<'f>, E> {
+        match self.levels.checked_sub(1) {
+            Some(levels) => Ok(Skim { levels, floats: self.floats }),
+            None => Err(E::custom("nested too deeply")),
+        }
+    }
+}
+
+/// A key as read: borrowed from the text unless it had escapes.
+struct Key;
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Cow<'de, str>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = Cow<'de, str>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Borrowed(s))
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(s.to_string()))
+    }
+    fn visit_string<E: de::Error>(self, s: String) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(s))
+    }
+}
+
+/// The next key of an object, refused if it is one of serde_json's reserved keys.
+fn next_key<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Option<Cow<'de, str>>, A::Error> {
+    let k = map.next_key_seed(Key)?;
+    if k.as_deref().is_some_and(|k| k.starts_with("$serde_json::private::")) {
+        return Err(de::Error::custom("serde_json's reserved key"));
+    }
+    Ok(k)
+}
+
+/// An object's keys, refused if one repeats.
+fn distinct<E: de::Error>(mut keys: Vec<Cow<'_, str>>) -> Result<(), E> {
+    keys.sort_unstable();
+    if keys.windows(2).any(|w| w[0] == w[1]) {
+        return Err(E::custom("repeated key"));
+    }
+    Ok(())
+}
+
+impl<'de> DeserializeSeed<'de> for Skim<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Skim<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        self.floats.set(true);
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let inner = self.inner()?;
+        while seq.next_element_seed(inner)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let inner = self.inner()?;
+        let mut keys = Vec::new();
+        while let Some(k) = next_key(&mut map)? {
+            map.next_value_seed(inner)?;
+            keys.push(k);
+        }
+        distinct(keys)
+    }
+}
+
+/// The top of `data`: its members checked against the plan.
+struct Top<'f, 'p> {
+    skim: Skim<'f>,
+    plan: &'p Plan,
+}
+
+impl<'de> Visitor<'de> for Top<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let inner = self.skim.inner()?;
+        let mut keys = Vec::new();
+        while let Some(k) = next_key(&mut map)? {
+            match self.plan.properties.get(k.as_ref()) {
+                None => map.next_value_seed(inner)?,
+                Some(Property::Simple(s)) => map.next_value_seed(Member { skim: inner, schema: s })?,
+                Some(Property::Unknown) => return Err(de::Error::custom("a property checked by the full path")),
+            }
+            keys.push(k);
+        }
+        if !self.plan.required.iter().all(|r| keys.iter().any(|k| k == r)) {
+            return Err(de::Error::custom("a required property is missing"));
+        }
+        distinct(keys)
+    }
+}
+
+/// A member of `data` whose schema is [`Simple`].
+struct Member<'f, 's> {
+    skim: Skim<'f>,
+    schema: &'s Simple,
+}
+
+impl<'de> DeserializeSeed<'de> for Member<'_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+fn verdict<E: de::Error>(ok: Option<bool>) -> Result<(), E> {
+    match ok {
+        Some(true) => Ok(()),
+        _ => Err(E::custom("not valid here, or not known to be")),
+    }
+}
+
+impl<'de> Visitor<'de> for Member<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        verdict(Some(self.schema.only_type(T_BOOLEAN)))
+    }
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<(), E> {
+        verdict(self.schema.number(n as f64, true))
+    }
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<(), E> {
+        verdict(self.schema.number(n as f64, true))
+    }
+    fn visit_f64<E: de::Error>(self, n: f64) -> Result<(), E> {
+        self.skim.floats.set(true);
+        verdict(self.schema.number(n, false))
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<(), E> {
+        verdict(Some(self.schema.string(s)))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        verdict(Some(self.schema.only_type(T_NULL)))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        verdict::<A::Error>(Some(self.schema.only_type(T_ARRAY)))?;
+        self.skim.visit_seq(seq)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        verdict::<A::Error>(Some(self.schema.only_type(T_OBJECT)))?;
+        self.skim.visit_map(map)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{Catalog, EventType};
+    use crate::event::strict_object;
+
+    /// A small deterministic generator (xorshift), so that a failure names its seed.
+    struct Gen(u64);
+
+    impl Gen {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+        fn pick<'a>(&mut self, all: &[&'a str]) -> &'a str {
+            all[self.below(all.len())]
+        }
+    }
+
+    const NUMBERS: &[&str] = &[
+        "0",
+        "1",
+        "-1",
+        "5",
+        "-0",
+        "0.0",
+        "-0.0",
+        "0.5",
+        "1.0",
+        "99",
+        "99.9",
+        "100",
+        "100.0",
+        "100.5",
+        "101",
+        "1e2",
+        "1E2",
+        "1e400",
+        "-1e-400",
+        "9007199254740993",
+        "18446744073709551615",
+        "18446744073709551616",
+        "-9223372036854775808",
+        "5.00",
+        "1e-7",
+    ];
+    const STRINGS: &[&str] = &[
+        r#""""#,
+        r#""x""#,
+        r#""high""#,
+        r#""critical""#,
+        r#""HIGH""#,
+        r#""info""#,
+        r#""open""#,
+        r#""é""#,
+        r#""\u00e9""#,
+        r#""a\"b""#,
+        r#""2026-01-31""#,
+        r#""not a date""#,
+        r#""\ud83d\ude00""#,
+    ];
+
+    fn value(g: &mut Gen, depth: u32) -> String {
+        match g.below(if depth > 2 { 4 } else { 7 }) {
+            0 => g.pick(NUMBERS).to_string(),
+            1 => g.pick(STRINGS).to_string(),
+            2 => g.pick(&["true", "false", "null"]).to_string(),
+            3 => g.pick(NUMBERS).to_string(),
+            4 => format!("[{}]", (0..g.below(3)).map(|_| value(g, depth + 1)).collect::<Vec<_>>().join(",")),
+            _ => object(g, &["a", "b", "$serde_json::private::RawValue"], depth + 1),
+        }
+    }
+
+    fn object(g: &mut Gen, keys: &[&str], depth: u32) -> String {
+        let n = g.below(6);
+        let members: Vec<String> = (0..n).map(|_| format!("\"{}\": {}", g.pick(keys), value(g, depth))).collect();
+        format!("{{{}}}", members.join(","))
+    }
+
+    /// The text check accepts only what the full path accepts (strict read, then jsonschema), and takes every
+    /// valid part whose properties it knows how to check and whose numbers it can compare.
+    #[test]
+    fn text_check_agrees_with_the_full_path() {
+        let catalog = Catalog::new();
+        let mut taken = 0;
+        for t in EventType::ALL {
+            let schema: Value = serde_json::from_str(catalog.schema(*t)).unwrap();
+            let Some(plan) = catalog.plan(*t) else { continue };
+            let mut keys: Vec<&str> = schema["properties"].as_object().unwrap().keys().map(String::as_str).collect();
+            keys.extend(["custom", "x"]);
+            for seed in 1..=3_000u64 {
+                let mut g = Gen(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+                let text = object(&mut g, &keys, 0);
+                let full =
+                    strict_object(&text).is_some_and(|(m, _)| catalog.validate_data(*t, &Value::Object(m)).is_ok());
+                let fast = check_text(&text, Some(plan));
+                assert!(fast.is_none() || full, "{t}: the text check took what jsonschema refuses: {text}");
+                // What the text check may leave to the full path: a property it does not check, a float where
+                // an integer may be, a number beyond 2^53 against a bound.
+                let unknown = plan
+                    .properties
+                    .iter()
+                    .any(|(k, p)| matches!(p, Property::Unknown) && text.contains(&format!("\"{k}\"")));
+                let hard = [
+                    "1e2",
+                    "1E2",
+                    "1.0",
+                    "0.0",
+                    "100.0",
+                    "5.00",
+                    "e-400",
+                    "-0",
+                    "9007199254740993",
+                    "1844674407370955161",
+                ]
+                .iter()
+                .any(|n| text.contains(n));
+                if full && !unknown && !hard {
+                    assert!(fast.is_some(), "{t}: a valid part left to the full path: {text}");
+                }
+                taken += usize::from(fast.is_some());
+            }
+        }
+        assert!(taken > 1_000, "the text check took only {taken} parts");
+    }
+
+    /// Without a schema (`metadata`), the text check and the strict read agree exactly.
+    #[test]
+    fn object_check_is_the_strict_read() {
+        for seed in 1..=5_000u64 {
+            let mut g = Gen(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+            let text = object(&mut g, &["a", "b", "c", "$serde_json::private::Number"], 0);
+            assert_eq!(check_text(&text, None).is_some(), strict_object(&text).is_some(), "{text}");
+        }
+        for text in ["[]", "1", "\"x\"", "{} x", "{\"a\":1,\"a\":1}", "{\"a\":{\"b\":[{\"c\":1,\"c\":2}]}}"] {
+            assert_eq!(check_text(text, None), None, "{text}");
+        }
+    }
+
+    /// A kept text reads back as the map it holds.
+    #[test]
+    fn kept_text_reads_back() {
+        let o = Object::from_checked_text(r#"{ "b": 1, "a": [true] }"#);
+        assert_eq!(o.text(), Some(r#"{ "b": 1, "a": [true] }"#));
+        assert_eq!(o["b"], 1);
+        assert_eq!(o.clone().into_map(), serde_json::json!({"a": [true], "b": 1}).as_object().unwrap().clone());
+        assert_eq!(Object::from(Map::new()).text(), None);
+    }
+}
