@@ -4,8 +4,8 @@
 use crate::catalog::{Catalog, EventType};
 use crate::field::FieldError;
 use crate::ids::{EventId, SourceName, TenantId};
-use crate::object::check_text;
 pub use crate::object::Object;
+use crate::object::{check_text, Floats};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -349,10 +349,11 @@ impl<'a> Wire<'a> {
     }
 }
 
-/// A part whose text [`check_text`] found valid: kept as text unless one of its numbers is written otherwise than
-/// serde_json writes the value it read (`floats` says whether there is a float to look at), then read into a map.
-fn checked_object(text: &str, floats: bool) -> Option<Object> {
-    if !floats || numbers_as_serde_writes(text) {
+/// A part whose text [`check_text`] found valid: kept as text unless one of its floats is written otherwise than
+/// serde_json writes the value it read (looked at in [`check_text`] where it could place the float, here for the
+/// others), then read into a map.
+fn checked_object(text: &str, floats: Floats) -> Option<Object> {
+    if !floats.rewritten && (!floats.unplaced || numbers_as_serde_writes(text)) {
         Some(Object::from_checked_text(text))
     } else {
         serde_json::from_str::<Map<String, Value>>(text).ok().map(Object::from)
@@ -418,9 +419,7 @@ fn number_as_serde_writes(token: &str) -> bool {
         // serde_json reads `-0` as the float -0.0, which it writes as `-0.0`.
         return token != "-0" && (token.parse::<i64>().is_ok() || token.parse::<u64>().is_ok());
     }
-    let Some(n) = token.parse::<f64>().ok().and_then(serde_json::Number::from_f64) else { return false };
-    let mut written = Vec::with_capacity(24);
-    serde_json::to_writer(&mut written, &n).is_ok() && written == token.as_bytes()
+    token.parse::<f64>().is_ok_and(|n| n.is_finite() && crate::object::written_as_serde(n, token))
 }
 
 /// A JSON value read as serde_json's `Value` reads it from text, except that a repeated object key is an error, and
@@ -828,8 +827,12 @@ mod tests {
             let text = format!(r#"{{"tenantId":"t1","eventType":"USER_ACTION","source":"AWS","data":{data}}}"#);
             parse_text(&text, &cat()).map(|d| d.data.text().map(str::to_string))
         };
-        for kept in [r#"{"a":5.0,"b":[1,-2,0.1,1e+21,1.5e-7],"c":"1E2 in a string"}"#, r#"{"a":18446744073709551615}"#]
-        {
+        for kept in [
+            r#"{"a":5.0,"b":[1,-2,0.1,1e+21,1.5e-7],"c":"1E2 in a string"}"#,
+            r#"{"a":18446744073709551615}"#,
+            r#"{ "a" :  5.0 , "b": {"c"	:-2.5e-7}}"#,
+            r#"{"\u0061":5.0,"b":0.25}"#,
+        ] {
             assert_eq!(raw(kept), Some(Some(kept.to_string())), "{kept}");
         }
         for written in [
@@ -841,6 +844,9 @@ mod tests {
             r#"{"a":18446744073709551616}"#,
             r#"{"a":-0,"b":0.5}"#,
             r#"{"s":"\"","a":[{"b":2.50}]}"#,
+            r#"{ "a" :  5.00 }"#,
+            r#"{"\u0061":5.00}"#,
+            r#"{"a":{"b":1,"c":  1e1}}"#,
         ] {
             assert_eq!(raw(written), Some(None), "{written}");
         }

@@ -243,82 +243,199 @@ fn type_bit(t: &str) -> Option<u8> {
     })
 }
 
-/// Checks the text of a part (see the module doc): `Some(floats)` when it is a valid object (`floats`: one of its
-/// numbers was read as a float), `None` when it is not or when this cannot tell. `plan`: the schema of `data`;
-/// `None` checks the object alone.
-pub(crate) fn check_text(text: &str, plan: Option<&Plan>) -> Option<bool> {
-    let floats = Cell::new(false);
+/// What [`check_text`] saw of a valid part's floats.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Floats {
+    /// A float whose text was not looked at (an array element, or the value of a key with escapes): the caller
+    /// looks at every number of the part.
+    pub unplaced: bool,
+    /// A float written otherwise than serde_json writes the value it read (`1E2`, `5.00`): the part cannot be
+    /// stored as sent.
+    pub rewritten: bool,
+}
+
+/// Checks the text of a part (see the module doc): `Some` when it is a valid object, `None` when it is not or
+/// when this cannot tell. `plan`: the schema of `data`; `None` checks the object alone.
+pub(crate) fn check_text(text: &str, plan: Option<&Plan>) -> Option<Floats> {
+    let seen = Seen { text, unplaced: Cell::new(false), rewritten: Cell::new(false) };
     let mut d = serde_json::Deserializer::from_str(text);
-    let top = Skim { levels: LEVELS, floats: &floats };
+    let top = Skim { levels: LEVELS, seen: &seen, after: None };
     match plan {
         Some(plan) => d.deserialize_map(Top { skim: top, plan }).ok()?,
         None => d.deserialize_map(top).ok()?,
     }
     d.end().ok()?;
-    Some(floats.get())
+    Some(Floats { unplaced: seen.unplaced.get(), rewritten: seen.rewritten.get() })
 }
 
 /// How deep a part may nest: serde_json reads at most 127 levels, and the envelope is one of them.
 pub(crate) const LEVELS: u32 = 126;
 
-/// Reads a value, building nothing, with the checks of the full path's strict read (see `event::Strict`).
+/// The text being checked, and what was seen of its floats.
+struct Seen<'t> {
+    text: &'t str,
+    unplaced: Cell<bool>,
+    rewritten: Cell<bool>,
+}
+
+impl Seen<'_> {
+    /// A float `n` was read, the value of the key that ends at byte `after` (its closing quote) if known.
+    fn float(&self, n: f64, after: Option<usize>) {
+        match after.and_then(|at| token_after_key(self.text, at)) {
+            Some(token) if !written_as_serde(n, token) => self.rewritten.set(true),
+            Some(_) => {}
+            None => self.unplaced.set(true),
+        }
+    }
+
+    /// Where a key read from this text without copying ends (its closing quote).
+    fn end_of(&self, k: &str) -> Option<usize> {
+        let start = (k.as_ptr() as usize).checked_sub(self.text.as_ptr() as usize)?;
+        (start + k.len() < self.text.len()).then_some(start + k.len())
+    }
+}
+
+/// The number that follows the key ending at `at` (`"key" : 1.5`), as written.
+fn token_after_key(text: &str, at: usize) -> Option<&str> {
+    let b = text.as_bytes();
+    let mut i = at;
+    if b.get(i) != Some(&b'"') {
+        return None;
+    }
+    i += 1;
+    while b.get(i).is_some_and(u8::is_ascii_whitespace) {
+        i += 1;
+    }
+    if b.get(i) != Some(&b':') {
+        return None;
+    }
+    i += 1;
+    while b.get(i).is_some_and(u8::is_ascii_whitespace) {
+        i += 1;
+    }
+    let start = i;
+    while b.get(i).is_some_and(|c| matches!(c, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')) {
+        i += 1;
+    }
+    (i > start).then(|| &text[start..i])
+}
+
+/// Is `token` what serde_json writes for the float `n`?
+pub(crate) fn written_as_serde(n: f64, token: &str) -> bool {
+    let mut buf = [0u8; 32];
+    let mut rest = &mut buf[..];
+    if serde_json::to_writer(&mut rest, &n).is_err() {
+        return false;
+    }
+    let len = 32 - rest.len();
+    &buf[..len] == token.as_bytes()
+}
+
+/// Reads a value, building nothing, with the checks of the full path's strict read (see `event::Strict`). `after`:
+/// where the key whose value this is ends, when known.
 #[derive(Clone, Copy)]
 struct Skim<'f> {
     levels: u32,
-    floats: &'f Cell<bool>,
+    seen: &'f Seen<'f>,
+    after: Option<usize>,
 }
 
 impl<'f> Skim<'f> {
     fn inner<E: de::Error>(self) -> Result<Skim<'f>, E> {
         match self.levels.checked_sub(1) {
-            Some(levels) => Ok(Skim { levels, floats: self.floats }),
+            Some(levels) => Ok(Skim { levels, seen: self.seen, after: None }),
             None => Err(E::custom("nested too deeply")),
         }
     }
+
+    fn value_of(self, after: Option<usize>) -> Self {
+        Skim { after, ..self }
+    }
 }
 
-/// A key as read: borrowed from the text unless it had escapes.
-struct Key;
+/// A key as read: borrowed from the text unless it had escapes, and where it ends in the text when borrowed.
+struct Key<'s, 't>(&'s Seen<'t>);
 
-impl<'de> DeserializeSeed<'de> for Key {
-    type Value = Cow<'de, str>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Cow<'de, str>, D::Error> {
+/// A key and where it ends (see [`Key`]).
+type KeyAt<'de> = (Cow<'de, str>, Option<usize>);
+
+impl<'de> DeserializeSeed<'de> for Key<'_, '_> {
+    type Value = KeyAt<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_str(self)
     }
 }
 
-impl<'de> Visitor<'de> for Key {
-    type Value = Cow<'de, str>;
+impl<'de> Visitor<'de> for Key<'_, '_> {
+    type Value = KeyAt<'de>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a key")
     }
-    fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Cow<'de, str>, E> {
-        Ok(Cow::Borrowed(s))
+    fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Self::Value, E> {
+        Ok((Cow::Borrowed(s), self.0.end_of(s)))
     }
-    fn visit_str<E: de::Error>(self, s: &str) -> Result<Cow<'de, str>, E> {
-        Ok(Cow::Owned(s.to_string()))
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+        Ok((Cow::Owned(s.to_string()), None))
     }
-    fn visit_string<E: de::Error>(self, s: String) -> Result<Cow<'de, str>, E> {
-        Ok(Cow::Owned(s))
+    fn visit_string<E: de::Error>(self, s: String) -> Result<Self::Value, E> {
+        Ok((Cow::Owned(s), None))
     }
 }
 
-/// The next key of an object, refused if it is one of serde_json's reserved keys.
-fn next_key<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Option<Cow<'de, str>>, A::Error> {
-    let k = map.next_key_seed(Key)?;
-    if k.as_deref().is_some_and(|k| k.starts_with("$serde_json::private::")) {
+/// The next key of an object and where it ends, refused if it is one of serde_json's reserved keys.
+fn next_key<'de, A: MapAccess<'de>>(map: &mut A, seen: &Seen<'_>) -> Result<Option<KeyAt<'de>>, A::Error> {
+    let k = map.next_key_seed(Key(seen))?;
+    if k.as_ref().is_some_and(|(k, _)| k.starts_with("$serde_json::private::")) {
         return Err(de::Error::custom("serde_json's reserved key"));
     }
     Ok(k)
 }
 
-/// An object's keys, refused if one repeats.
-fn distinct<E: de::Error>(mut keys: Vec<Cow<'_, str>>) -> Result<(), E> {
-    keys.sort_unstable();
-    if keys.windows(2).any(|w| w[0] == w[1]) {
-        return Err(E::custom("repeated key"));
+/// An object's keys, to refuse a repeated one: the first few compared one by one as they come, without
+/// allocating; past them (or a key with escapes), sorted at the end.
+struct Keys<'de> {
+    few: [&'de str; FEW_KEYS],
+    n: usize,
+    more: Vec<Cow<'de, str>>,
+}
+
+const FEW_KEYS: usize = 8;
+
+impl<'de> Keys<'de> {
+    fn new() -> Self {
+        Keys { few: [""; FEW_KEYS], n: 0, more: Vec::new() }
     }
-    Ok(())
+
+    fn add<E: de::Error>(&mut self, k: Cow<'de, str>) -> Result<(), E> {
+        match k {
+            Cow::Borrowed(b) if self.n < FEW_KEYS && self.more.is_empty() => {
+                if self.few[..self.n].contains(&b) {
+                    return Err(E::custom("repeated key"));
+                }
+                self.few[self.n] = b;
+                self.n += 1;
+            }
+            k => self.more.push(k),
+        }
+        Ok(())
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        self.few[..self.n].contains(&key) || self.more.iter().any(|k| k == key)
+    }
+
+    fn distinct<E: de::Error>(self) -> Result<(), E> {
+        if self.more.is_empty() {
+            return Ok(());
+        }
+        let mut all = self.more;
+        all.extend(self.few[..self.n].iter().map(|k| Cow::Borrowed(*k)));
+        all.sort_unstable();
+        if all.windows(2).any(|w| w[0] == w[1]) {
+            return Err(E::custom("repeated key"));
+        }
+        Ok(())
+    }
 }
 
 impl<'de> DeserializeSeed<'de> for Skim<'_> {
@@ -342,8 +459,8 @@ impl<'de> Visitor<'de> for Skim<'_> {
     fn visit_u64<E>(self, _: u64) -> Result<(), E> {
         Ok(())
     }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        self.floats.set(true);
+    fn visit_f64<E>(self, n: f64) -> Result<(), E> {
+        self.seen.float(n, self.after);
         Ok(())
     }
     fn visit_str<E>(self, _: &str) -> Result<(), E> {
@@ -359,12 +476,12 @@ impl<'de> Visitor<'de> for Skim<'_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let inner = self.inner()?;
-        let mut keys = Vec::new();
-        while let Some(k) = next_key(&mut map)? {
-            map.next_value_seed(inner)?;
-            keys.push(k);
+        let mut keys = Keys::new();
+        while let Some((k, end)) = next_key(&mut map, self.seen)? {
+            map.next_value_seed(inner.value_of(end))?;
+            keys.add(k)?;
         }
-        distinct(keys)
+        keys.distinct()
     }
 }
 
@@ -381,19 +498,20 @@ impl<'de> Visitor<'de> for Top<'_, '_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let inner = self.skim.inner()?;
-        let mut keys = Vec::new();
-        while let Some(k) = next_key(&mut map)? {
+        let mut keys = Keys::new();
+        while let Some((k, end)) = next_key(&mut map, self.skim.seen)? {
+            let value = inner.value_of(end);
             match self.plan.properties.get(k.as_ref()) {
-                None => map.next_value_seed(inner)?,
-                Some(Property::Simple(s)) => map.next_value_seed(Member { skim: inner, schema: s })?,
+                None => map.next_value_seed(value)?,
+                Some(Property::Simple(s)) => map.next_value_seed(Member { skim: value, schema: s })?,
                 Some(Property::Unknown) => return Err(de::Error::custom("a property checked by the full path")),
             }
-            keys.push(k);
+            keys.add(k)?;
         }
-        if !self.plan.required.iter().all(|r| keys.iter().any(|k| k == r)) {
+        if !self.plan.required.iter().all(|r| keys.contains(r)) {
             return Err(de::Error::custom("a required property is missing"));
         }
-        distinct(keys)
+        keys.distinct()
     }
 }
 
@@ -432,7 +550,7 @@ impl<'de> Visitor<'de> for Member<'_, '_> {
         verdict(self.schema.number(n as f64, true))
     }
     fn visit_f64<E: de::Error>(self, n: f64) -> Result<(), E> {
-        self.skim.floats.set(true);
+        self.skim.seen.float(n, self.skim.after);
         verdict(self.schema.number(n, false))
     }
     fn visit_str<E: de::Error>(self, s: &str) -> Result<(), E> {
@@ -593,6 +711,16 @@ mod tests {
         for text in ["[]", "1", "\"x\"", "{} x", "{\"a\":1,\"a\":1}", "{\"a\":{\"b\":[{\"c\":1,\"c\":2}]}}"] {
             assert_eq!(check_text(text, None), None, "{text}");
         }
+        // Past the first few keys, and keys with escapes, are compared too.
+        let many = |last: &str| {
+            format!("{{{}, \"{last}\": 0}}", (0..12).map(|i| format!("\"k{i}\": {i}")).collect::<Vec<_>>().join(","))
+        };
+        assert!(check_text(&many("k12"), None).is_some());
+        for repeated in ["k0", "k7", "k11"] {
+            assert_eq!(check_text(&many(repeated), None), None, "{repeated}");
+        }
+        assert_eq!(check_text(r#"{"a":1,"\u0061":2}"#, None), None);
+        assert_eq!(check_text(r#"{"\u0061":1,"b":2,"a":3}"#, None), None);
     }
 
     /// A kept text reads back as the map it holds.
