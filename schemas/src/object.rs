@@ -661,7 +661,9 @@ mod tests {
         let mut taken = 0;
         for t in EventType::ALL {
             let schema: Value = serde_json::from_str(catalog.schema(*t)).unwrap();
-            let Some(plan) = catalog.plan(*t) else { continue };
+            // Every type of the catalog takes the text check today; a schema with a new top-level keyword would
+            // send all of its type's events to the full path.
+            let Some(plan) = catalog.plan(*t) else { panic!("{t}: no text check for this schema") };
             let mut keys: Vec<&str> = schema["properties"].as_object().unwrap().keys().map(String::as_str).collect();
             keys.extend(["custom", "x"]);
             for seed in 1..=3_000u64 {
