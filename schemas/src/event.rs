@@ -381,7 +381,7 @@ pub(crate) fn strict_object(text: &str) -> Option<(Map<String, Value>, bool)> {
 /// within `i64` or `u64`, or a float in serde's shortest form. The schema checked the value serde read; a reader
 /// that keeps numbers exact (a decimal type) must find that same value in the stored text, not
 /// `100.00000000000000001` where `100.0` was checked against a maximum of 100.
-fn numbers_as_serde_writes(text: &str) -> bool {
+pub(crate) fn numbers_as_serde_writes(text: &str) -> bool {
     let b = text.as_bytes();
     let mut i = 0;
     while let Some(&c) = b.get(i) {

@@ -134,9 +134,11 @@ const T_OBJECT: u8 = 64;
 const T_ANY: u8 = 127;
 
 /// Keywords that only annotate.
-const ANNOTATIONS: &[&str] = &["$schema", "$id", "$comment", "title", "description", "examples", "default"];
+/// `format` among them: jsonschema's draft 2020-12 validator only annotates with it unless told to assert it, and
+/// the catalog does not tell it to (a test holds that: a `format` property with any string passes both paths).
+const ANNOTATIONS: &[&str] = &["$schema", "$id", "$comment", "title", "description", "examples", "default", "format"];
 
-/// Integers up to this size are exact as `f64`, so comparing them as `f64` is exact too.
+/// 2^53: integers below it in magnitude are exact as `f64`, so comparing them as `f64` is exact too.
 const EXACT: f64 = 9_007_199_254_740_992.0;
 
 impl Plan {
@@ -172,7 +174,17 @@ impl Simple {
         let s = schema.as_object()?;
         let mut out = Simple { types: T_ANY, ..Simple::default() };
         let length = |v: &Value| v.as_u64();
-        let bound = |v: &Value| v.as_f64().filter(|f| f.abs() <= EXACT && (v.is_f64() || f.fract() == 0.0));
+        // A bound is compared as `f64`: only one that is exactly an `f64` below 2^53 in magnitude (an integer
+        // bound is judged before any rounding).
+        let bound = |v: &Value| match v {
+            Value::Number(n) if n.is_f64() => n.as_f64().filter(|f| f.abs() < EXACT),
+            Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+                (Some(i), _) => (i.unsigned_abs() < 1 << 53).then_some(i as f64),
+                (_, Some(u)) => (u < 1 << 53).then_some(u as f64),
+                _ => None,
+            },
+            _ => None,
+        };
         for (k, v) in s {
             match k.as_str() {
                 "type" => {
@@ -205,7 +217,8 @@ impl Simple {
             // A float with no fraction is an integer to JSON Schema; leave that case to the full path.
             return if !integer && self.types & T_INTEGER != 0 && n.fract() == 0.0 { None } else { Some(false) };
         }
-        if (self.minimum.is_some() || self.maximum.is_some()) && integer && n.abs() > EXACT {
+        // An integer was read into `n` as `f64`: exact only below 2^53 in magnitude (2^53 + 1 reads as 2^53).
+        if (self.minimum.is_some() || self.maximum.is_some()) && integer && n.abs() >= EXACT {
             return None;
         }
         Some(self.minimum.is_none_or(|m| n >= m) && self.maximum.is_none_or(|m| n <= m))
@@ -573,7 +586,7 @@ impl<'de> Visitor<'de> for Member<'_, '_> {
 mod tests {
     use super::*;
     use crate::catalog::{Catalog, EventType};
-    use crate::event::strict_object;
+    use crate::event::{numbers_as_serde_writes, strict_object};
 
     /// A small deterministic generator (xorshift), so that a failure names its seed.
     struct Gen(u64);
@@ -647,9 +660,21 @@ mod tests {
         }
     }
 
+    /// An object of some of `keys`: now and then a key's first letter escaped (`\u0061bc`), more members than
+    /// fit the first few, and spacing around the colon.
     fn object(g: &mut Gen, keys: &[&str], depth: u32) -> String {
-        let n = g.below(6);
-        let members: Vec<String> = (0..n).map(|_| format!("\"{}\": {}", g.pick(keys), value(g, depth))).collect();
+        let n = if g.below(8) == 0 { 9 + g.below(5) } else { g.below(6) };
+        let members: Vec<String> = (0..n)
+            .map(|_| {
+                let k = g.pick(keys);
+                let key = match k.chars().next() {
+                    Some(c) if c.is_ascii_alphabetic() && g.below(6) == 0 => format!("\\u{:04x}{}", c as u32, &k[1..]),
+                    _ => k.to_string(),
+                };
+                let colon = g.pick(&[": ", ":", " :\t"]);
+                format!("\"{key}\"{colon}{}", value(g, depth))
+            })
+            .collect();
         format!("{{{}}}", members.join(","))
     }
 
@@ -673,12 +698,16 @@ mod tests {
                     strict_object(&text).is_some_and(|(m, _)| catalog.validate_data(*t, &Value::Object(m)).is_ok());
                 let fast = check_text(&text, Some(plan));
                 assert!(fast.is_none() || full, "{t}: the text check took what jsonschema refuses: {text}");
+                // Kept as sent exactly when every number is written as serde_json writes it.
+                if let Some(f) = fast {
+                    let kept = !f.rewritten && (!f.unplaced || numbers_as_serde_writes(&text));
+                    assert_eq!(kept, numbers_as_serde_writes(&text), "{t}: {text}");
+                }
                 // What the text check may leave to the full path: a property it does not check, a float where
                 // an integer may be, a number beyond 2^53 against a bound.
-                let unknown = plan
-                    .properties
-                    .iter()
-                    .any(|(k, p)| matches!(p, Property::Unknown) && text.contains(&format!("\"{k}\"")));
+                let present: Map<String, Value> = serde_json::from_str(&text).unwrap_or_default();
+                let unknown =
+                    plan.properties.iter().any(|(k, p)| matches!(p, Property::Unknown) && present.contains_key(k));
                 let hard = [
                     "1e2",
                     "1E2",
@@ -700,6 +729,34 @@ mod tests {
             }
         }
         assert!(taken > 1_000, "the text check took only {taken} parts");
+    }
+
+    /// Bounds and integers at 2^53 and beyond are left to jsonschema: as `f64` they would round.
+    #[test]
+    fn bounds_near_two_to_the_53rd() {
+        let cases = [
+            (r#"{"type":"integer","maximum":9007199254740992}"#, "9007199254740993"),
+            (r#"{"type":"integer","minimum":-9007199254740992}"#, "-9007199254740993"),
+            (r#"{"type":"number","maximum":9007199254740992}"#, "9007199254740993"),
+            (r#"{"type":"integer","minimum":9007199254740993}"#, "9007199254740992"),
+            (r#"{"type":"number","minimum":9007199254740993}"#, "9007199254740992.0"),
+            (r#"{"type":"number","maximum":1e300}"#, "1e301"),
+        ];
+        for (property, n) in cases {
+            let schema: Value =
+                serde_json::from_str(&format!(r#"{{"type":"object","properties":{{"n":{property}}}}}"#)).unwrap();
+            let validator = jsonschema::draft202012::new(&schema).unwrap();
+            let text = format!(r#"{{"n":{n}}}"#);
+            let instance: Value = serde_json::from_str(&text).unwrap();
+            let fast = Plan::of(&schema).and_then(|p| check_text(&text, Some(&p)));
+            assert!(fast.is_none() || validator.is_valid(&instance), "{property} {n}");
+        }
+        // Below 2^53 the text check decides, as jsonschema does.
+        let schema =
+            serde_json::json!({"type":"object","properties":{"n":{"type":"integer","maximum":9007199254740991_u64}}});
+        let plan = Plan::of(&schema).unwrap();
+        assert!(check_text(r#"{"n":9007199254740991}"#, Some(&plan)).is_some());
+        assert!(check_text(r#"{"n":9007199254740990}"#, Some(&plan)).is_some());
     }
 
     /// Without a schema (`metadata`), the text check and the strict read agree exactly.
