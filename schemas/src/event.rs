@@ -4,8 +4,8 @@
 use crate::catalog::{Catalog, EventType};
 use crate::field::FieldError;
 use crate::ids::{EventId, SourceName, TenantId};
+use crate::object::check_text;
 pub use crate::object::Object;
-use crate::object::{check_text, Floats};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -309,28 +309,27 @@ impl<'a> Wire<'a> {
             None => None,
         };
         let data = match self.data {
-            Some(raw) => match catalog.plan(event_type).and_then(|plan| check_text(raw.get(), Some(plan))) {
-                Some(floats) => checked_object(raw.get(), floats)?,
-                // A schema or a value the text check leaves to jsonschema.
-                None => {
-                    let (map, as_sent) = strict_object(raw.get())?;
-                    let map = Value::Object(map);
-                    catalog.validate_data(event_type, &map).ok()?;
-                    let map = take_object(Some(map));
-                    if as_sent {
-                        Object::with_text(map, raw.get())
-                    } else {
-                        Object::from(map)
+            Some(raw) => {
+                let text = raw.get();
+                match catalog.plan(event_type).and_then(|plan| check_text(text, Some(plan))) {
+                    Some(floats) => Object::checked(text, floats, None)?,
+                    // A schema or a value the text check leaves to jsonschema: the part, checked as an object,
+                    // is read and validated.
+                    None => {
+                        let floats = check_text(text, None)?;
+                        let data = Value::Object(serde_json::from_str::<Map<String, Value>>(text).ok()?);
+                        catalog.validate_data(event_type, &data).ok()?;
+                        Object::checked(text, floats, Some(take_object(Some(data))))?
                     }
                 }
-            },
+            }
             None => {
                 catalog.validate_data(event_type, &Value::Object(Map::new())).ok()?;
                 Object::default()
             }
         };
         let metadata = match self.metadata {
-            Some(raw) => checked_object(raw.get(), check_text(raw.get(), None)?)?,
+            Some(raw) => Object::checked(raw.get(), check_text(raw.get(), None)?, None)?,
             None => Object::default(),
         };
         Some(EventDraft {
@@ -346,156 +345,6 @@ impl<'a> Wire<'a> {
             occurred_at,
             correlation_id,
         })
-    }
-}
-
-/// A part whose text [`check_text`] found valid: kept as text unless one of its floats is written otherwise than
-/// serde_json writes the value it read (looked at in [`check_text`] where it could place the float, here for the
-/// others), then read into a map.
-fn checked_object(text: &str, floats: Floats) -> Option<Object> {
-    if !floats.rewritten && (!floats.unplaced || numbers_as_serde_writes(text)) {
-        Some(Object::from_checked_text(text))
-    } else {
-        serde_json::from_str::<Map<String, Value>>(text).ok().map(Object::from)
-    }
-}
-
-/// A JSON object's text as a map, `None` unless it is an object without a repeated key at any depth (serde_json's
-/// `Value` keeps the last of a repeated key; text with one cannot be stored as sent), without serde_json's reserved
-/// keys, and nested no deeper than it may be inside an event (serde_json reads at most 127 levels, and the envelope
-/// is one of them). The flag says whether the text may be stored as sent: it may unless one of its numbers is
-/// written otherwise than serde_json writes the value it read (see [`numbers_as_serde_writes`]).
-pub(crate) fn strict_object(text: &str) -> Option<(Map<String, Value>, bool)> {
-    use serde::de::DeserializeSeed;
-    let floats = std::cell::Cell::new(false);
-    let mut d = serde_json::Deserializer::from_str(text);
-    let v = Strict { levels: crate::object::LEVELS, floats: &floats }.deserialize(&mut d).ok()?;
-    d.end().ok()?;
-    match v {
-        Value::Object(m) => Some((m, !floats.get() || numbers_as_serde_writes(text))),
-        _ => None,
-    }
-}
-
-/// Whether every number in the JSON text `text` is written as serde_json writes the value it reads: an integer
-/// within `i64` or `u64`, or a float in serde's shortest form. The schema checked the value serde read; a reader
-/// that keeps numbers exact (a decimal type) must find that same value in the stored text, not
-/// `100.00000000000000001` where `100.0` was checked against a maximum of 100.
-pub(crate) fn numbers_as_serde_writes(text: &str) -> bool {
-    let b = text.as_bytes();
-    let mut i = 0;
-    while let Some(&c) = b.get(i) {
-        match c {
-            b'"' => {
-                // To the closing quote; a backslash escapes the byte after it.
-                i += 1;
-                loop {
-                    let Some(at) = b.get(i..).and_then(crate::scan::quote_or_backslash) else { return false };
-                    i += at;
-                    if b[i] == b'"' {
-                        break;
-                    }
-                    i += 2;
-                }
-                i += 1;
-            }
-            b'-' | b'0'..=b'9' => {
-                let start = i;
-                while b.get(i).is_some_and(|c| matches!(c, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')) {
-                    i += 1;
-                }
-                if !number_as_serde_writes(&text[start..i]) {
-                    return false;
-                }
-            }
-            _ => i += 1,
-        }
-    }
-    true
-}
-
-fn number_as_serde_writes(token: &str) -> bool {
-    if !token.contains(['.', 'e', 'E']) {
-        // serde_json reads `-0` as the float -0.0, which it writes as `-0.0`.
-        return token != "-0" && (token.parse::<i64>().is_ok() || token.parse::<u64>().is_ok());
-    }
-    token.parse::<f64>().is_ok_and(|n| n.is_finite() && crate::object::written_as_serde(n, token))
-}
-
-/// A JSON value read as serde_json's `Value` reads it from text, except that a repeated object key is an error, and
-/// so are serde_json's reserved keys (with which its `Value` reads a string as JSON text) and an array or object
-/// nested more than `levels` deep. `floats` is set when a number was read as a float.
-#[derive(Clone, Copy)]
-struct Strict<'f> {
-    levels: u32,
-    floats: &'f std::cell::Cell<bool>,
-}
-
-impl<'f> Strict<'f> {
-    fn inner<E: serde::de::Error>(self) -> Result<Strict<'f>, E> {
-        match self.levels.checked_sub(1) {
-            Some(levels) => Ok(Strict { levels, floats: self.floats }),
-            None => Err(E::custom("nested too deeply")),
-        }
-    }
-}
-
-impl<'de> serde::de::DeserializeSeed<'de> for Strict<'_> {
-    type Value = Value;
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for Strict<'_> {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
-        Ok(Value::Bool(b))
-    }
-    fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
-        Ok(Value::Number(n.into()))
-    }
-    fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
-        Ok(Value::Number(n.into()))
-    }
-    fn visit_f64<E>(self, n: f64) -> Result<Value, E> {
-        self.floats.set(true);
-        Ok(serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number))
-    }
-    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
-        Ok(Value::String(s.to_owned()))
-    }
-    fn visit_string<E>(self, s: String) -> Result<Value, E> {
-        Ok(Value::String(s))
-    }
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let inner = self.inner()?;
-        let mut out = Vec::new();
-        while let Some(v) = seq.next_element_seed(inner)? {
-            out.push(v);
-        }
-        Ok(Value::Array(out))
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let inner = self.inner()?;
-        let mut out = Map::new();
-        while let Some(k) = map.next_key::<String>()? {
-            if k.starts_with("$serde_json::private::") {
-                return Err(serde::de::Error::custom("serde_json's reserved key"));
-            }
-            let v = map.next_value_seed(inner)?;
-            if out.insert(k, v).is_some() {
-                return Err(serde::de::Error::custom("repeated key"));
-            }
-        }
-        Ok(Value::Object(out))
     }
 }
 

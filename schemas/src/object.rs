@@ -48,9 +48,17 @@ impl Object {
         self.map.get_or_init(|| self.text.as_deref().and_then(|t| serde_json::from_str(t).ok()).unwrap_or_default())
     }
 
-    pub fn into_map(mut self) -> Map<String, Value> {
-        self.map();
-        self.map.take().unwrap_or_default()
+    /// A part whose text [`check_text`] found valid, with what it saw of the floats: kept as that text unless one
+    /// of its floats is written otherwise than serde_json writes the value it read (looked at where it stands by
+    /// [`check_text`], here for the others), else as the map. `map`: the part already read, when the caller read it.
+    pub(crate) fn checked(text: &str, floats: Floats, map: Option<Map<String, Value>>) -> Option<Self> {
+        let keep = !floats.rewritten && (!floats.unplaced || numbers_as_serde_writes(text));
+        Some(match (keep, map) {
+            (true, Some(map)) => Object::with_text(map, text),
+            (true, None) => Object::from_checked_text(text),
+            (false, Some(map)) => Object::from(map),
+            (false, None) => Object::from(serde_json::from_str::<Map<String, Value>>(text).ok()?),
+        })
     }
 }
 
@@ -344,8 +352,54 @@ pub(crate) fn written_as_serde(n: f64, token: &str) -> bool {
     &buf[..len] == token.as_bytes()
 }
 
-/// Reads a value, building nothing, with the checks of the full path's strict read (see `event::Strict`). `after`:
-/// where the key whose value this is ends, when known.
+/// Whether every number in the JSON text `text` is written as serde_json writes the value it reads: an integer
+/// within `i64` or `u64`, or a float in serde's shortest form. The schema checked the value serde read; a reader
+/// that keeps numbers exact (a decimal type) must find that same value in the stored text, not
+/// `100.00000000000000001` where `100.0` was checked against a maximum of 100.
+pub(crate) fn numbers_as_serde_writes(text: &str) -> bool {
+    let b = text.as_bytes();
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'"' => {
+                // To the closing quote; a backslash escapes the byte after it.
+                i += 1;
+                loop {
+                    let Some(at) = b.get(i..).and_then(crate::scan::quote_or_backslash) else { return false };
+                    i += at;
+                    if b[i] == b'"' {
+                        break;
+                    }
+                    i += 2;
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while b.get(i).is_some_and(|c| matches!(c, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')) {
+                    i += 1;
+                }
+                if !number_as_serde_writes(&text[start..i]) {
+                    return false;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    true
+}
+
+fn number_as_serde_writes(token: &str) -> bool {
+    if !token.contains(['.', 'e', 'E']) {
+        // serde_json reads `-0` as the float -0.0, which it writes as `-0.0`.
+        return token != "-0" && (token.parse::<i64>().is_ok() || token.parse::<u64>().is_ok());
+    }
+    token.parse::<f64>().is_ok_and(|n| n.is_finite() && written_as_serde(n, token))
+}
+
+/// Reads a value, building nothing, and refuses what cannot be stored as sent: a repeated key at any depth (a map
+/// keeps the last one), one of serde_json's reserved keys (with which its `Value` reads a string as JSON text), and
+/// nesting past [`LEVELS`]. `after`: where the key whose value this is ends, when known.
 #[derive(Clone, Copy)]
 struct Skim<'f> {
     levels: u32,
@@ -586,7 +640,95 @@ impl<'de> Visitor<'de> for Member<'_, '_> {
 mod tests {
     use super::*;
     use crate::catalog::{Catalog, EventType};
-    use crate::event::{numbers_as_serde_writes, strict_object};
+    use serde::de::DeserializeSeed;
+
+    /// The reference for [`check_text`]: a JSON object's text read into a map, `None` unless it is an object
+    /// without a repeated key at any depth, without serde_json's reserved keys, and nested no deeper than
+    /// [`LEVELS`]. It builds the map as it reads, independently of the text check.
+    fn strict_object(text: &str) -> Option<Map<String, Value>> {
+        let mut d = serde_json::Deserializer::from_str(text);
+        let v = Strict { levels: LEVELS }.deserialize(&mut d).ok()?;
+        d.end().ok()?;
+        match v {
+            Value::Object(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// A JSON value read as serde_json's `Value` reads it from text, except that a repeated object key is an error, and
+    /// so are serde_json's reserved keys (with which its `Value` reads a string as JSON text) and an array or object
+    /// nested more than `levels` deep.
+    #[derive(Clone, Copy)]
+    struct Strict {
+        levels: u32,
+    }
+
+    impl Strict {
+        fn inner<E: serde::de::Error>(self) -> Result<Strict, E> {
+            match self.levels.checked_sub(1) {
+                Some(levels) => Ok(Strict { levels }),
+                None => Err(E::custom("nested too deeply")),
+            }
+        }
+    }
+
+    impl<'de> serde::de::DeserializeSeed<'de> for Strict {
+        type Value = Value;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> serde::de::Visitor<'de> for Strict {
+        type Value = Value;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+            Ok(Value::Bool(b))
+        }
+        fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
+            Ok(Value::Number(n.into()))
+        }
+        fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
+            Ok(Value::Number(n.into()))
+        }
+        fn visit_f64<E>(self, n: f64) -> Result<Value, E> {
+            Ok(serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number))
+        }
+        fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+            Ok(Value::String(s.to_owned()))
+        }
+        fn visit_string<E>(self, s: String) -> Result<Value, E> {
+            Ok(Value::String(s))
+        }
+        fn visit_unit<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+            let inner = self.inner()?;
+            let mut out = Vec::new();
+            while let Some(v) = seq.next_element_seed(inner)? {
+                out.push(v);
+            }
+            Ok(Value::Array(out))
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+            let inner = self.inner()?;
+            let mut out = Map::new();
+            while let Some(k) = map.next_key::<String>()? {
+                if k.starts_with("$serde_json::private::") {
+                    return Err(serde::de::Error::custom("serde_json's reserved key"));
+                }
+                let v = map.next_value_seed(inner)?;
+                if out.insert(k, v).is_some() {
+                    return Err(serde::de::Error::custom("repeated key"));
+                }
+            }
+            Ok(Value::Object(out))
+        }
+    }
 
     /// A small deterministic generator (xorshift), so that a failure names its seed.
     struct Gen(u64);
@@ -694,8 +836,7 @@ mod tests {
             for seed in 1..=3_000u64 {
                 let mut g = Gen(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
                 let text = object(&mut g, &keys, 0);
-                let full =
-                    strict_object(&text).is_some_and(|(m, _)| catalog.validate_data(*t, &Value::Object(m)).is_ok());
+                let full = strict_object(&text).is_some_and(|m| catalog.validate_data(*t, &Value::Object(m)).is_ok());
                 let fast = check_text(&text, Some(plan));
                 assert!(fast.is_none() || full, "{t}: the text check took what jsonschema refuses: {text}");
                 // Kept as sent exactly when every number is written as serde_json writes it.
@@ -788,7 +929,7 @@ mod tests {
         let o = Object::from_checked_text(r#"{ "b": 1, "a": [true] }"#);
         assert_eq!(o.text(), Some(r#"{ "b": 1, "a": [true] }"#));
         assert_eq!(o["b"], 1);
-        assert_eq!(o.clone().into_map(), serde_json::json!({"a": [true], "b": 1}).as_object().unwrap().clone());
+        assert_eq!(o.map().clone(), serde_json::json!({"a": [true], "b": 1}).as_object().unwrap().clone());
         assert_eq!(Object::from(Map::new()).text(), None);
     }
 }
