@@ -116,7 +116,7 @@ pub struct Plan {
 #[derive(Debug)]
 enum Property {
     Simple(Simple),
-    /// A keyword this does not check (`format`, `pattern`, `anyOf`, `items`, ...): an instance with this
+    /// A keyword this does not check (`pattern`, `anyOf`, `items`, ...): an instance with this
     /// property takes the full path.
     Unknown,
 }
@@ -141,9 +141,9 @@ const T_ARRAY: u8 = 32;
 const T_OBJECT: u8 = 64;
 const T_ANY: u8 = 127;
 
-/// Keywords that only annotate.
-/// `format` among them: jsonschema's draft 2020-12 validator only annotates with it unless told to assert it, and
-/// the catalog does not tell it to (a test holds that: a `format` property with any string passes both paths).
+/// Keywords that only annotate,
+/// `format` among them (jsonschema's draft 2020-12 validator only annotates with it unless told to assert it, and
+/// the catalog does not tell it to; a test holds that: a `format` property with any string passes both paths).
 const ANNOTATIONS: &[&str] = &["$schema", "$id", "$comment", "title", "description", "examples", "default", "format"];
 
 /// 2^53: integers below it in magnitude are exact as `f64`, so comparing them as `f64` is exact too.
