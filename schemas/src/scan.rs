@@ -52,9 +52,24 @@ pub fn quote_or_backslash(b: &[u8]) -> Option<usize> {
     b[at..].iter().position(|&c| c == b'"' || c == b'\\').map(|p| at + p)
 }
 
+/// The position of the first `"`, `\` or control character (below 0x20) in `b`: where a JSON string's plain run
+/// ends. A word at a time, as [`quote_or_backslash`].
+pub fn quote_backslash_or_control(b: &[u8]) -> Option<usize> {
+    let special = |w: u64| below(w, 0x20) | equal(w, b'"') | equal(w, b'\\');
+    let mut at = 0;
+    while let Some(c) = b.get(at..at + 8) {
+        let m = special(word(c));
+        if m != 0 {
+            return Some(at + m.trailing_zeros() as usize / 8);
+        }
+        at += 8;
+    }
+    b[at..].iter().position(|&c| c < 0x20 || c == b'"' || c == b'\\').map(|p| at + p)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{clean, quote_or_backslash};
+    use super::{clean, quote_backslash_or_control, quote_or_backslash};
     use proptest::prelude::*;
 
     fn bytewise_clean(s: &[u8]) -> bool {
@@ -63,6 +78,10 @@ mod tests {
 
     fn bytewise_find(s: &[u8]) -> Option<usize> {
         s.iter().position(|&b| b == b'"' || b == b'\\')
+    }
+
+    fn bytewise_special(s: &[u8]) -> Option<usize> {
+        s.iter().position(|&b| b < 0x20 || b == b'"' || b == b'\\')
     }
 
     /// Every byte value at every position of strings up to three words long, among fillers from both halves of
@@ -77,9 +96,11 @@ mod tests {
                         s[at] = b;
                         assert_eq!(clean(&s), bytewise_clean(&s), "clean: {b:#x} at {at} of {len}, in {filler:#x}");
                         assert_eq!(quote_or_backslash(&s), bytewise_find(&s), "find: {b:#x} at {at} of {len}");
+                        assert_eq!(quote_backslash_or_control(&s), bytewise_special(&s), "special: {b:#x} at {at}");
                         if at + 1 < len {
                             s[at + 1] = b'\\';
                             assert_eq!(quote_or_backslash(&s), bytewise_find(&s), "find: {b:#x}, \\ at {at}");
+                            assert_eq!(quote_backslash_or_control(&s), bytewise_special(&s), "special: {b:#x}, \\");
                         }
                     }
                 }
@@ -94,6 +115,7 @@ mod tests {
         fn random_bytes(s in prop::collection::vec(prop_oneof![any::<u8>(), Just(b'"'), Just(b'\\'), Just(1u8)], 0..80)) {
             prop_assert_eq!(clean(&s), bytewise_clean(&s));
             prop_assert_eq!(quote_or_backslash(&s), bytewise_find(&s));
+            prop_assert_eq!(quote_backslash_or_control(&s), bytewise_special(&s));
         }
     }
 }
