@@ -127,7 +127,7 @@ start_cosmos() {
   local dir=$1 i url
   mkdir -p "$dir"
   cargo build --quiet -p evstream-testkit --bin cosmos-emulator --manifest-path "$root/Cargo.toml" >&2
-  "$root/target/debug/cosmos-emulator" >"$dir/cosmos.out" 2>"$dir/cosmos.log" &
+  "${CARGO_TARGET_DIR:-$root/target}/debug/cosmos-emulator" >"$dir/cosmos.out" 2>"$dir/cosmos.log" &
   echo $! >"$dir/cosmos.pid"
   for ((i = 0; i < 200; i++)); do
     url=$(sed -n 's/^COSMOS_EMULATOR_URL=//p' "$dir/cosmos.out" 2>/dev/null)
