@@ -7,6 +7,11 @@
 //! In a round with both (a) and (b), (a) runs twice, once before (b) and once after it, and its figures are the two
 //! runs together (twice the events): this host's speed drifts, and a host that speeds up or slows down during the
 //! round then weighs on both alike. Each run is whole, so (a) starts and drains as often per event as (b) does.
+//!
+//! With `--record FILE` a run appends its rounds to FILE instead of printing the summary, and `evstream
+//! bench-summary FILE` prints the summary of every round recorded there. `scripts/bench` runs each round that way,
+//! against a broker, Redis and server of its own: the local broker's cost per record grows once it holds about half a
+//! million records (see BENCHMARKS.md), so later rounds on one broker would meet a slower broker than the first.
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -56,7 +61,44 @@ pub struct BenchArgs {
     /// targets are for the platform as it runs, with the window on.
     #[arg(long)]
     pub without_window: bool,
+    /// Appends each round's figures to this file (JSON lines) instead of printing the summary; `evstream
+    /// bench-summary FILE` then summarises the rounds of several runs. `scripts/bench` runs each round this way,
+    /// against a fresh broker, Redis and server.
+    #[arg(long, hide = true)]
+    pub record: Option<std::path::PathBuf>,
+    /// The number the first round is printed and recorded with, so that recorded runs carry on one count.
+    #[arg(long, hide = true, default_value_t = 1)]
+    pub first_round: usize,
 }
+
+/// `evstream bench-summary FILE` (hidden): the summary of rounds recorded by `evstream bench --record FILE`.
+#[derive(Args, Debug, Clone)]
+pub struct SummaryArgs {
+    pub file: std::path::PathBuf,
+}
+
+/// A line of a `--record` file: one scenario of one round, or the server's memory in one run.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+enum Recorded {
+    Scenario {
+        round: usize,
+        /// `a`, `b` or `c`.
+        scenario: char,
+        events: usize,
+        elapsed_ns: u64,
+        window_lag_ns: Option<u64>,
+        latencies_us: Vec<u64>,
+    },
+    Rss {
+        peak_mb: Option<f64>,
+        idle_mb: Option<f64>,
+    },
+}
+
+const NAME_A: &str = "(a) raw rdkafka producer";
+const NAME_B: &str = "(b) POST /events/bulk (per request)";
+const NAME_C: &str = "(c) POST /events (one per request)";
 
 /// Events that (a) and (b) each send before round 1 (fewer when `--events` is smaller; (c) sends at most 2,000),
 /// not counted.
@@ -90,6 +132,18 @@ impl Figures {
             (a, b) => a.or(b),
         };
         self
+    }
+
+    /// This round's figures as a line of a `--record` file.
+    fn recorded(&self, round: usize, scenario: char) -> Recorded {
+        Recorded::Scenario {
+            round,
+            scenario,
+            events: self.events,
+            elapsed_ns: self.elapsed.as_nanos() as u64,
+            window_lag_ns: self.window_lag.map(|l| l.as_nanos() as u64),
+            latencies_us: self.latencies.iter().map(|l| l.as_micros() as u64).collect(),
+        }
     }
 
     /// Events per second, until the last acknowledgement and, for the HTTP scenarios, until the window held every
@@ -522,7 +576,7 @@ impl RawProducer {
         let r: RunReport = serde_json::from_str(&answer).context("the raw producer's answer")?;
         anyhow::ensure!(r.events == events.len(), "the raw producer sent {} of {} events", r.events, events.len());
         Ok(Figures {
-            name: "(a) raw rdkafka producer",
+            name: NAME_A,
             events: r.events,
             elapsed: Duration::from_micros(r.elapsed_us),
             latencies: r.latencies_us.into_iter().map(Duration::from_micros).collect(),
@@ -552,13 +606,13 @@ async fn bulk(a: &BenchArgs, h: &Http<'_>) -> anyhow::Result<Figures> {
                 .unwrap_or_default()
         })
         .collect();
-    http_scenario(a.events, h, "(b) POST /events/bulk (per request)", "/events/bulk", bodies, a.bulk_concurrency).await
+    http_scenario(a.events, h, NAME_B, "/events/bulk", bodies, a.bulk_concurrency).await
 }
 
 async fn single(a: &BenchArgs, h: &Http<'_>) -> anyhow::Result<Figures> {
     let bodies: Vec<Vec<u8>> =
         (0..a.events).map(|i| serde_json::to_vec(&event(h.tenant, i)).unwrap_or_default()).collect();
-    http_scenario(a.events, h, "(c) POST /events (one per request)", "/events", bodies, a.concurrency).await
+    http_scenario(a.events, h, NAME_C, "/events", bodies, a.concurrency).await
 }
 
 /// Posts `bodies` (`events` events in all) to `path` with `concurrency` requests in flight, each answered 202; the
@@ -628,10 +682,12 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     procs.extend(a.redis_pid.map(|p| ("redis", p)));
     let meter = CpuMeter { procs };
 
-    println!(
-        "evstream bench: {} events per scenario, {} single-event clients, bulk {} x {} clients",
-        a.events, a.concurrency, a.bulk_size, a.bulk_concurrency
-    );
+    if a.first_round == 1 {
+        println!(
+            "evstream bench: {} events per scenario, {} single-event clients, bulk {} x {} clients",
+            a.events, a.concurrency, a.bulk_size, a.bulk_concurrency
+        );
+    }
     // Warm every path before round 1, so that neither connection set-up nor a process's first growth (the
     // server's heap went from about 50 to 90 MB in its first bulk requests) is measured, and round 1 meets processes
     // as warm as later rounds do. One raw producer serves every round.
@@ -648,7 +704,8 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     single(&BenchArgs { events: warm.min(2_000), ..a.clone() }, &h).await?;
     let (mut ras, mut rbs, mut rcs) = (Vec::new(), Vec::new(), Vec::new());
     let mut round_ratios: Vec<f64> = Vec::new();
-    for round in 1..=a.rounds.max(1) {
+    let first = a.first_round;
+    for round in first..first + a.rounds.max(1) {
         println!("round {round}");
         // (a) around (b): once before it and once after it (see the module doc).
         let before_b = if want('a') { Some(raw.run(0..a.events, &meter).await?) } else { None };
@@ -659,26 +716,63 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
             }
             r.print();
             meter.print(&r);
-            ras.push(r);
+            ras.push((round, r));
         }
         if let Some(r) = b {
             r.print();
             meter.print(&r);
-            rbs.push(r);
+            rbs.push((round, r));
         }
         if want('c') {
             let r = single(&a, &h).await?;
             r.print();
             meter.print(&r);
-            rcs.push(r);
+            rcs.push((round, r));
         }
-        if let (Some(ra), Some(rb)) = (ras.last(), rbs.last()) {
+        if let (Some((_, ra)), Some((_, rb))) = (ras.last(), rbs.last()) {
             println!("  ratio (b)/(a) this round: {:.2}", rb.rate() / ra.rate());
             round_ratios.push(rb.rate() / ra.rate());
         }
     }
     let rss = peak_rss_mb(pid);
-    println!("median of {} rounds (by events/s):", a.rounds.max(1));
+    match &a.record {
+        Some(path) => {
+            use std::io::Write;
+            let mut out = std::io::BufWriter::new(
+                std::fs::OpenOptions::new().create(true).append(true).open(path).context("the record file")?,
+            );
+            for (scenario, rounds) in [('a', &ras), ('b', &rbs), ('c', &rcs)] {
+                for (round, f) in rounds {
+                    serde_json::to_writer(&mut out, &f.recorded(*round, scenario))?;
+                    writeln!(out)?;
+                }
+            }
+            serde_json::to_writer(&mut out, &Recorded::Rss { peak_mb: rss, idle_mb: rss_idle })?;
+            writeln!(out)?;
+            out.flush()?;
+        }
+        None => {
+            summarize(unnumbered(ras), unnumbered(rbs), unnumbered(rcs), round_ratios, rss, rss_idle);
+        }
+    }
+    drop(server);
+    Ok(())
+}
+
+fn unnumbered(rounds: Vec<(usize, Figures)>) -> Vec<Figures> {
+    rounds.into_iter().map(|(_, f)| f).collect()
+}
+
+/// The closing lines: each scenario's median round, the server's peak RSS, and both ratios.
+fn summarize(
+    ras: Vec<Figures>,
+    rbs: Vec<Figures>,
+    rcs: Vec<Figures>,
+    mut round_ratios: Vec<f64>,
+    rss: Option<f64>,
+    rss_idle: Option<f64>,
+) {
+    println!("median of {} rounds (by events/s):", ras.len().max(rbs.len()).max(rcs.len()));
     let (ra, rb, rc) = (median(ras), median(rbs), median(rcs));
     for f in [&ra, &rb, &rc].into_iter().flatten() {
         f.print();
@@ -699,6 +793,120 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         );
     }
     println!("targets: (b)/(a) >= 0.8; (c) >= 5000 events/s with p99 < 10 ms; RSS < 150 MB");
-    drop(server);
+}
+
+/// `evstream bench-summary FILE`: the summary of the rounds in a `--record` file, as one run of several rounds
+/// prints it. The peak RSS is the highest of the runs'; "after start-up" is the first run's.
+pub fn summary(a: SummaryArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+    let r = Recorded::read(&text).with_context(|| format!("reading {}", a.file.display()))?;
+    let ratios = r.ratios();
+    summarize(unnumbered(r.a), unnumbered(r.b), unnumbered(r.c), ratios, r.rss, r.rss_idle);
     Ok(())
+}
+
+/// The rounds of a `--record` file, by scenario, each with its round's number.
+struct RecordedRounds {
+    a: Vec<(usize, Figures)>,
+    b: Vec<(usize, Figures)>,
+    c: Vec<(usize, Figures)>,
+    rss: Option<f64>,
+    rss_idle: Option<f64>,
+}
+
+impl RecordedRounds {
+    /// (b)/(a) of each round that ran both.
+    fn ratios(&self) -> Vec<f64> {
+        let b = |round: usize| self.b.iter().find(|(r, _)| *r == round).map(|(_, f)| f);
+        self.a.iter().filter_map(|(round, fa)| b(*round).map(|fb| fb.rate() / fa.rate())).collect()
+    }
+}
+
+impl Recorded {
+    fn read(text: &str) -> anyhow::Result<RecordedRounds> {
+        let mut r = RecordedRounds { a: Vec::new(), b: Vec::new(), c: Vec::new(), rss: None, rss_idle: None };
+        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            match serde_json::from_str(line).with_context(|| format!("line {}", n + 1))? {
+                Recorded::Scenario { round, scenario, events, elapsed_ns, window_lag_ns, latencies_us } => {
+                    let (name, list) = match scenario {
+                        'a' => (NAME_A, &mut r.a),
+                        'b' => (NAME_B, &mut r.b),
+                        'c' => (NAME_C, &mut r.c),
+                        other => bail!("line {}: unknown scenario {other:?}", n + 1),
+                    };
+                    let figures = Figures {
+                        name,
+                        events,
+                        elapsed: Duration::from_nanos(elapsed_ns),
+                        latencies: latencies_us.into_iter().map(Duration::from_micros).collect(),
+                        cpu: Vec::new(),
+                        window_lag: window_lag_ns.map(Duration::from_nanos),
+                    };
+                    list.push((round, figures));
+                }
+                Recorded::Rss { peak_mb, idle_mb } => {
+                    r.rss = match (r.rss, peak_mb) {
+                        (Some(x), Some(y)) => Some(x.max(y)),
+                        (x, y) => x.or(y),
+                    };
+                    r.rss_idle = r.rss_idle.or(idle_mb);
+                }
+            }
+        }
+        anyhow::ensure!(!(r.a.is_empty() && r.b.is_empty() && r.c.is_empty()), "no round recorded");
+        Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn figures(name: &'static str, events: usize, elapsed_ms: u64, lag_ms: Option<u64>) -> Figures {
+        Figures {
+            name,
+            events,
+            elapsed: Duration::from_millis(elapsed_ms),
+            latencies: vec![Duration::from_micros(1500), Duration::from_micros(2500)],
+            cpu: vec![Some(1.0)],
+            window_lag: lag_ms.map(Duration::from_millis),
+        }
+    }
+
+    #[test]
+    fn recorded_rounds_read_back_with_their_rates_and_ratios() {
+        let mut text = String::new();
+        let mut line = |r: &Recorded| {
+            text.push_str(&serde_json::to_string(r).unwrap());
+            text.push('\n');
+        };
+        // Round 1: (a) 200 events in 1 s, (b) 100 events in 0.5 s + 0.5 s of window lag: 0.5 of (a).
+        line(&figures(NAME_A, 200, 1000, None).recorded(1, 'a'));
+        line(&figures(NAME_B, 100, 500, Some(500)).recorded(1, 'b'));
+        line(&Recorded::Rss { peak_mb: Some(80.0), idle_mb: Some(30.0) });
+        // Round 2 from another run: (a) alone, then (b) of round 3 only, and a higher peak.
+        line(&figures(NAME_A, 100, 1000, None).recorded(2, 'a'));
+        line(&figures(NAME_B, 100, 250, None).recorded(3, 'b'));
+        line(&figures(NAME_C, 10, 1000, Some(1)).recorded(3, 'c'));
+        line(&Recorded::Rss { peak_mb: Some(95.5), idle_mb: Some(33.0) });
+
+        let r = Recorded::read(&text).unwrap();
+        assert_eq!(r.a.iter().map(|(n, f)| (*n, f.rate())).collect::<Vec<_>>(), vec![(1, 200.0), (2, 100.0)]);
+        assert_eq!(r.b.iter().map(|(n, f)| (*n, f.rate())).collect::<Vec<_>>(), vec![(1, 100.0), (3, 400.0)]);
+        assert_eq!(r.c[0].1.window_lag, Some(Duration::from_millis(1)));
+        assert_eq!(r.b[0].1.latencies, vec![Duration::from_micros(1500), Duration::from_micros(2500)]);
+        // Only round 1 ran both (a) and (b).
+        assert_eq!(r.ratios(), vec![0.5]);
+        assert_eq!((r.rss, r.rss_idle), (Some(95.5), Some(30.0)));
+    }
+
+    #[test]
+    fn a_record_file_without_rounds_or_with_a_bad_line_is_refused() {
+        assert!(Recorded::read("").is_err());
+        assert!(Recorded::read("{\"kind\":\"rss\",\"peak_mb\":1.0,\"idle_mb\":null}\n").is_err());
+        let bad = serde_json::to_string(&figures(NAME_A, 1, 1, None).recorded(1, 'x')).unwrap();
+        let err = Recorded::read(&bad).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("unknown scenario"), "{err}");
+        assert!(Recorded::read("not json").is_err());
+    }
 }

@@ -24,6 +24,9 @@ pub enum Command {
     /// Scenario (a) of `bench`, the raw producer, in a process of its own; `bench` starts it.
     #[command(hide = true)]
     BenchProducer(crate::bench::ProducerArgs),
+    /// The summary of the rounds `bench --record FILE` recorded, over several runs.
+    #[command(hide = true)]
+    BenchSummary(crate::bench::SummaryArgs),
     /// Measure tenant isolation: a quiet tenant's p99 with and without a noisy tenant flooding at 10x its quota.
     NoisyNeighbour(crate::noisy::NoisyArgs),
     /// Measure alert latency end to end: POST /events to the webhook receiver.

@@ -45,6 +45,7 @@ fn main() -> anyhow::Result<()> {
             }
             cli::Command::Bench(b) => bench::run(b).await,
             cli::Command::BenchProducer(p) => bench::producer_child(p).await,
+            cli::Command::BenchSummary(s) => bench::summary(s),
             cli::Command::NoisyNeighbour(n) => noisy::run(n).await,
             cli::Command::PolicyBench(p) => policy_bench::run(p),
             cli::Command::AuditVerify(a) => audit::run(a),
