@@ -88,7 +88,7 @@ enum Recorded {
         events: usize,
         elapsed_ns: u64,
         window_lag_ns: Option<u64>,
-        latencies_us: Vec<u64>,
+        latencies_ns: Vec<u64>,
     },
     Rss {
         peak_mb: Option<f64>,
@@ -142,7 +142,7 @@ impl Figures {
             events: self.events,
             elapsed_ns: self.elapsed.as_nanos() as u64,
             window_lag_ns: self.window_lag.map(|l| l.as_nanos() as u64),
-            latencies_us: self.latencies.iter().map(|l| l.as_micros() as u64).collect(),
+            latencies_ns: self.latencies.iter().map(|l| l.as_nanos() as u64).collect(),
         }
     }
 
@@ -827,18 +827,24 @@ impl Recorded {
         let mut r = RecordedRounds { a: Vec::new(), b: Vec::new(), c: Vec::new(), rss: None, rss_idle: None };
         for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             match serde_json::from_str(line).with_context(|| format!("line {}", n + 1))? {
-                Recorded::Scenario { round, scenario, events, elapsed_ns, window_lag_ns, latencies_us } => {
+                Recorded::Scenario { round, scenario, events, elapsed_ns, window_lag_ns, latencies_ns } => {
                     let (name, list) = match scenario {
                         'a' => (NAME_A, &mut r.a),
                         'b' => (NAME_B, &mut r.b),
                         'c' => (NAME_C, &mut r.c),
                         other => bail!("line {}: unknown scenario {other:?}", n + 1),
                     };
+                    // A round is paired with the other scenarios of the same number: a number twice would mix runs.
+                    anyhow::ensure!(
+                        list.iter().all(|(r, _)| *r != round),
+                        "line {}: round {round} of ({scenario}) is recorded twice",
+                        n + 1
+                    );
                     let figures = Figures {
                         name,
                         events,
                         elapsed: Duration::from_nanos(elapsed_ns),
-                        latencies: latencies_us.into_iter().map(Duration::from_micros).collect(),
+                        latencies: latencies_ns.into_iter().map(Duration::from_nanos).collect(),
                         cpu: Vec::new(),
                         window_lag: window_lag_ns.map(Duration::from_nanos),
                     };
@@ -908,5 +914,11 @@ mod tests {
         let err = Recorded::read(&bad).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("unknown scenario"), "{err}");
         assert!(Recorded::read("not json").is_err());
+        let twice = format!(
+            "{bad_free}\n{bad_free}\n",
+            bad_free = serde_json::to_string(&figures(NAME_B, 1, 1, None).recorded(2, 'b')).unwrap()
+        );
+        let err = Recorded::read(&twice).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("recorded twice"), "{err}");
     }
 }
