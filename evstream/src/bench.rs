@@ -655,6 +655,11 @@ async fn http_scenario(
 }
 
 pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
+    for (flag, n) in
+        [("--bulk-size", a.bulk_size), ("--bulk-concurrency", a.bulk_concurrency), ("--concurrency", a.concurrency)]
+    {
+        anyhow::ensure!(n >= 1, "{flag} must be at least 1");
+    }
     let t = tag();
     let tenant = format!("bench-{t}");
     let raw_topic = format!("evstream.bench.raw-{t}");
