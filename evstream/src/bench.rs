@@ -707,8 +707,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         bulk(&BenchArgs { events: warm, ..a.clone() }, &h).await?;
     }
     single(&BenchArgs { events: warm.min(2_000), ..a.clone() }, &h).await?;
-    let (mut ras, mut rbs, mut rcs) = (Vec::new(), Vec::new(), Vec::new());
-    let mut round_ratios: Vec<f64> = Vec::new();
+    let mut rounds = Rounds::default();
     let first = a.first_round;
     for round in first..first + a.rounds.max(1) {
         println!("round {round}");
@@ -721,97 +720,44 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
             }
             r.print();
             meter.print(&r);
-            ras.push((round, r));
+            rounds.a.push((round, r));
         }
         if let Some(r) = b {
             r.print();
             meter.print(&r);
-            rbs.push((round, r));
+            rounds.b.push((round, r));
         }
         if want('c') {
             let r = single(&a, &h).await?;
             r.print();
             meter.print(&r);
-            rcs.push((round, r));
+            rounds.c.push((round, r));
         }
-        if let (Some((_, ra)), Some((_, rb))) = (ras.last(), rbs.last()) {
+        if let (Some((_, ra)), Some((_, rb))) = (rounds.a.last(), rounds.b.last()) {
             println!("  ratio (b)/(a) this round: {:.2}", rb.rate() / ra.rate());
-            round_ratios.push(rb.rate() / ra.rate());
         }
     }
-    let rss = peak_rss_mb(pid);
+    (rounds.rss, rounds.rss_idle) = (peak_rss_mb(pid), rss_idle);
     match &a.record {
-        Some(path) => {
-            use std::io::Write;
-            let mut out = std::io::BufWriter::new(
-                std::fs::OpenOptions::new().create(true).append(true).open(path).context("the record file")?,
-            );
-            for (scenario, rounds) in [('a', &ras), ('b', &rbs), ('c', &rcs)] {
-                for (round, f) in rounds {
-                    serde_json::to_writer(&mut out, &f.recorded(*round, scenario))?;
-                    writeln!(out)?;
-                }
-            }
-            serde_json::to_writer(&mut out, &Recorded::Rss { peak_mb: rss, idle_mb: rss_idle })?;
-            writeln!(out)?;
-            out.flush()?;
-        }
-        None => {
-            summarize(unnumbered(ras), unnumbered(rbs), unnumbered(rcs), round_ratios, rss, rss_idle);
-        }
+        Some(path) => rounds.record(path)?,
+        None => rounds.summarize(),
     }
     drop(server);
     Ok(())
-}
-
-fn unnumbered(rounds: Vec<(usize, Figures)>) -> Vec<Figures> {
-    rounds.into_iter().map(|(_, f)| f).collect()
-}
-
-/// The closing lines: each scenario's median round, the server's peak RSS, and both ratios.
-fn summarize(
-    ras: Vec<Figures>,
-    rbs: Vec<Figures>,
-    rcs: Vec<Figures>,
-    mut round_ratios: Vec<f64>,
-    rss: Option<f64>,
-    rss_idle: Option<f64>,
-) {
-    println!("median of {} rounds (by events/s):", ras.len().max(rbs.len()).max(rcs.len()));
-    let (ra, rb, rc) = (median(ras), median(rbs), median(rcs));
-    for f in [&ra, &rb, &rc].into_iter().flatten() {
-        f.print();
-    }
-    println!(
-        "server peak RSS: {:.1} MB (after start-up: {:.1} MB)",
-        rss.unwrap_or(f64::NAN),
-        rss_idle.unwrap_or(f64::NAN)
-    );
-    if let (Some(ra), Some(rb)) = (&ra, &rb) {
-        // Both statistics: the ratio of the medians, and the median of each round's ratio, whose (a) and (b) ran
-        // seconds apart and so met the same host (this machine is shared, and its speed drifts between rounds).
-        round_ratios.sort_by(f64::total_cmp);
-        let paired = round_ratios.get(round_ratios.len() / 2).copied().unwrap_or(f64::NAN);
-        println!(
-            "ratio (b)/(a): {:.2} (of the medians); {paired:.2} (median of the rounds' ratios)",
-            rb.rate() / ra.rate()
-        );
-    }
-    println!("targets: (b)/(a) >= 0.8; (c) >= 5000 events/s with p99 < 10 ms; RSS < 150 MB");
 }
 
 /// `evstream bench-summary FILE`: the summary of the rounds in a `--record` file, as one run of several rounds
 /// prints it. The peak RSS is the highest of the runs'; "after start-up" is the first run's.
 pub fn summary(a: SummaryArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
-    let r = Recorded::read(&text).with_context(|| format!("reading {}", a.file.display()))?;
-    let ratios = r.ratios();
-    summarize(unnumbered(r.a), unnumbered(r.b), unnumbered(r.c), ratios, r.rss, r.rss_idle);
+    Rounds::read(&text).with_context(|| format!("reading {}", a.file.display()))?.summarize();
     Ok(())
 }
 
-/// The rounds of a `--record` file, by scenario, each with its round's number.
-struct RecordedRounds {
+/// The rounds of one run, or of a `--record` file: each scenario's figures with its round's number, and the
+/// server's memory.
+#[derive(Default)]
+struct Rounds {
     a: Vec<(usize, Figures)>,
     b: Vec<(usize, Figures)>,
     c: Vec<(usize, Figures)>,
@@ -819,17 +765,59 @@ struct RecordedRounds {
     rss_idle: Option<f64>,
 }
 
-impl RecordedRounds {
+impl Rounds {
     /// (b)/(a) of each round that ran both.
     fn ratios(&self) -> Vec<f64> {
         let b = |round: usize| self.b.iter().find(|(r, _)| *r == round).map(|(_, f)| f);
         self.a.iter().filter_map(|(round, fa)| b(*round).map(|fb| fb.rate() / fa.rate())).collect()
     }
-}
 
-impl Recorded {
-    fn read(text: &str) -> anyhow::Result<RecordedRounds> {
-        let mut r = RecordedRounds { a: Vec::new(), b: Vec::new(), c: Vec::new(), rss: None, rss_idle: None };
+    /// The closing lines: each scenario's median round, the server's peak RSS, and both ratios.
+    fn summarize(self) {
+        let mut ratios = self.ratios();
+        println!("median of {} rounds (by events/s):", self.a.len().max(self.b.len()).max(self.c.len()));
+        let median_of = |v: Vec<(usize, Figures)>| median(v.into_iter().map(|(_, f)| f).collect());
+        let (ra, rb, rc) = (median_of(self.a), median_of(self.b), median_of(self.c));
+        for f in [&ra, &rb, &rc].into_iter().flatten() {
+            f.print();
+        }
+        println!(
+            "server peak RSS: {:.1} MB (after start-up: {:.1} MB)",
+            self.rss.unwrap_or(f64::NAN),
+            self.rss_idle.unwrap_or(f64::NAN)
+        );
+        if let (Some(ra), Some(rb)) = (&ra, &rb) {
+            // Both statistics: the ratio of the medians, and the median of each round's ratio, whose (a) and (b)
+            // ran seconds apart and so met the same host (this machine is shared, and its speed drifts).
+            ratios.sort_by(f64::total_cmp);
+            let paired = ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN);
+            println!(
+                "ratio (b)/(a): {:.2} (of the medians); {paired:.2} (median of the rounds' ratios)",
+                rb.rate() / ra.rate()
+            );
+        }
+        println!("targets: (b)/(a) >= 0.8; (c) >= 5000 events/s with p99 < 10 ms; RSS < 150 MB");
+    }
+
+    /// Appends the rounds to a `--record` file (JSON lines), then the server's memory.
+    fn record(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        use std::io::Write;
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path).context("the record file")?;
+        let mut out = std::io::BufWriter::new(file);
+        for (scenario, rounds) in [('a', &self.a), ('b', &self.b), ('c', &self.c)] {
+            for (round, f) in rounds {
+                serde_json::to_writer(&mut out, &f.recorded(*round, scenario))?;
+                writeln!(out)?;
+            }
+        }
+        serde_json::to_writer(&mut out, &Recorded::Rss { peak_mb: self.rss, idle_mb: self.rss_idle })?;
+        writeln!(out)?;
+        Ok(out.flush()?)
+    }
+
+    /// The rounds of a `--record` file; a round recorded twice, or a file without any, is refused.
+    fn read(text: &str) -> anyhow::Result<Rounds> {
+        let mut r = Rounds::default();
         for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             match serde_json::from_str(line).with_context(|| format!("line {}", n + 1))? {
                 Recorded::Scenario { round, scenario, events, elapsed_ns, window_lag_ns, latencies_ns } => {
@@ -901,7 +889,7 @@ mod tests {
         line(&figures(NAME_C, 10, 1000, Some(1)).recorded(3, 'c'));
         line(&Recorded::Rss { peak_mb: Some(95.5), idle_mb: Some(33.0) });
 
-        let r = Recorded::read(&text).unwrap();
+        let r = Rounds::read(&text).unwrap();
         assert_eq!(r.a.iter().map(|(n, f)| (*n, f.rate())).collect::<Vec<_>>(), vec![(1, 200.0), (2, 100.0)]);
         assert_eq!(r.b.iter().map(|(n, f)| (*n, f.rate())).collect::<Vec<_>>(), vec![(1, 100.0), (3, 400.0)]);
         assert_eq!(r.c[0].1.window_lag, Some(Duration::from_millis(1)));
@@ -913,17 +901,15 @@ mod tests {
 
     #[test]
     fn a_record_file_without_rounds_or_with_a_bad_line_is_refused() {
-        assert!(Recorded::read("").is_err());
-        assert!(Recorded::read("{\"kind\":\"rss\",\"peak_mb\":1.0,\"idle_mb\":null}\n").is_err());
+        assert!(Rounds::read("").is_err());
+        assert!(Rounds::read("{\"kind\":\"rss\",\"peak_mb\":1.0,\"idle_mb\":null}\n").is_err());
         let bad = serde_json::to_string(&figures(NAME_A, 1, 1, None).recorded(1, 'x')).unwrap();
-        let err = Recorded::read(&bad).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = Rounds::read(&bad).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("unknown scenario"), "{err}");
-        assert!(Recorded::read("not json").is_err());
-        let twice = format!(
-            "{bad_free}\n{bad_free}\n",
-            bad_free = serde_json::to_string(&figures(NAME_B, 1, 1, None).recorded(2, 'b')).unwrap()
-        );
-        let err = Recorded::read(&twice).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(Rounds::read("not json").is_err());
+        let round_2 = serde_json::to_string(&figures(NAME_B, 1, 1, None).recorded(2, 'b')).unwrap();
+        let twice = format!("{round_2}\n{round_2}\n");
+        let err = Rounds::read(&twice).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("recorded twice"), "{err}");
     }
 }
