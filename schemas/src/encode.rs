@@ -13,8 +13,22 @@ impl Event {
     /// The envelope as stored in Kafka and Redis, with `data` and `metadata` as the client sent them where their
     /// text was kept. `None` only if a timestamp cannot be written as RFC 3339, which the parser never lets in.
     pub fn to_json(&self) -> Option<Vec<u8>> {
+        // Room for the whole text up front (a string that needs escaping may still grow it): the names, quotes
+        // and punctuation take 190 bytes, each RFC 3339 timestamp at most 35, and the rest is the fields' own
+        // length. A fixed guess was short for a typical event, and the copy of a grown buffer cost more than
+        // adding up these lengths.
         let size = |o: &Object| o.text().map_or_else(|| 64 * o.len(), str::len);
-        let mut out = Vec::with_capacity(320 + size(&self.data) + size(&self.metadata));
+        let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        let strings = self.id.as_str().len()
+            + self.tenant_id.as_str().len()
+            + self.event_type.as_str().len()
+            + self.source.as_str().len()
+            + opt(&self.action)
+            + opt(&self.entity_id)
+            + opt(&self.entity_type)
+            + self.schema_version.len()
+            + self.correlation_id.len();
+        let mut out = Vec::with_capacity(190 + 2 * 35 + strings + size(&self.data) + size(&self.metadata));
         let o = &mut out;
         o.extend_from_slice(b"{\"id\":");
         string(o, self.id.as_str());
