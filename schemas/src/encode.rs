@@ -13,22 +13,7 @@ impl Event {
     /// The envelope as stored in Kafka and Redis, with `data` and `metadata` as the client sent them where their
     /// text was kept. `None` only if a timestamp cannot be written as RFC 3339, which the parser never lets in.
     pub fn to_json(&self) -> Option<Vec<u8>> {
-        // Room for the whole text up front (a string that needs escaping may still grow it): the names, quotes
-        // and punctuation take 190 bytes, each RFC 3339 timestamp at most 35, and the rest is the fields' own
-        // length. A fixed guess was short for a typical event, and the copy of a grown buffer cost more than
-        // adding up these lengths.
-        let size = |o: &Object| o.text().map_or_else(|| 64 * o.len(), str::len);
-        let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
-        let strings = self.id.as_str().len()
-            + self.tenant_id.as_str().len()
-            + self.event_type.as_str().len()
-            + self.source.as_str().len()
-            + opt(&self.action)
-            + opt(&self.entity_id)
-            + opt(&self.entity_type)
-            + self.schema_version.len()
-            + self.correlation_id.len();
-        let mut out = Vec::with_capacity(190 + 2 * 35 + strings + size(&self.data) + size(&self.metadata));
+        let mut out = Vec::with_capacity(self.json_capacity());
         let o = &mut out;
         o.extend_from_slice(b"{\"id\":");
         string(o, self.id.as_str());
@@ -64,6 +49,36 @@ impl Event {
         string(o, &self.correlation_id);
         o.push(b'}');
         Some(out)
+    }
+}
+
+impl Event {
+    /// Room for [`Event::to_json`]'s whole text, so that it is allocated once: exact but for the timestamps when no
+    /// string needs escaping and `data` and `metadata` are kept as text (a map is guessed at 64 bytes an entry).
+    fn json_capacity(&self) -> usize {
+        /// The names, quotes and punctuation of an envelope with every field present.
+        const FIXED: usize = concat!(
+            r#"{"id":"","tenantId":"","eventType":"","source":"","action":"","entityId":"","entityType":"","#,
+            r#""data":,"metadata":,"occurredAt":"","receivedAt":"","schemaVersion":"","correlationId":""}"#
+        )
+        .len();
+        /// The longest RFC 3339 text of a timestamp: `2026-12-06T02:46:00.123456789+01:00`.
+        const TIMESTAMP: usize = 35;
+        let part = |o: &Object| o.text().map_or_else(|| 64 * o.len(), str::len);
+        let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        FIXED
+            + 2 * TIMESTAMP
+            + self.id.as_str().len()
+            + self.tenant_id.as_str().len()
+            + self.event_type.as_str().len()
+            + self.source.as_str().len()
+            + opt(&self.action)
+            + opt(&self.entity_id)
+            + opt(&self.entity_type)
+            + self.schema_version.len()
+            + self.correlation_id.len()
+            + part(&self.data)
+            + part(&self.metadata)
     }
 }
 
@@ -215,6 +230,28 @@ mod tests {
         #[test]
         fn same_bytes_as_serde(e in event()) {
             prop_assert_eq!(e.to_json(), serde_json::to_vec(&e).ok());
+        }
+
+        /// An envelope whose strings need no escaping, with `data` and `metadata` kept as text, fits the room
+        /// [`Event::json_capacity`] gives it: the buffer is never grown.
+        #[test]
+        fn the_text_fits_its_buffer(mut e in event()) {
+            let data = serde_json::to_string(&e.data).unwrap();
+            let metadata = serde_json::to_string(&e.metadata).unwrap();
+            e.data = crate::object::Object::from_checked_text(&data);
+            e.metadata = crate::object::Object::from_checked_text(&metadata);
+            let opt = |s: &Option<String>| s.as_deref().unwrap_or_default().to_string();
+            let strings = [
+                e.id.as_str().to_string(),
+                opt(&e.action),
+                opt(&e.entity_id),
+                opt(&e.entity_type),
+                e.schema_version.clone(),
+                e.correlation_id.clone(),
+            ];
+            if let (true, Some(json)) = (strings.iter().all(|s| crate::scan::clean(s.as_bytes())), e.to_json()) {
+                prop_assert!(json.len() <= e.json_capacity(), "{} > {}", json.len(), e.json_capacity());
+            }
         }
 
         /// With the maps' own text kept as sent, the envelope is the same; with any text kept, that text is what
