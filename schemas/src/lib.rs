@@ -4,7 +4,8 @@
 //! Layout:
 //! - [`ids`]: validated newtypes (`TenantId`, `EventId`, `TopicName`, `SourceName`).
 //! - [`catalog`]: the event types and known sources, and the JSON Schema of each type's `data`.
-//! - [`event`]: the envelope as stored in Kafka and Redis, and [`event::parse_event`] for untrusted input.
+//! - [`event`]: the envelope as stored in Kafka and Redis, [`event::parse_event`] for untrusted input, and the
+//!   one-pass reader of bulk bodies ([`event::parse_bulk_text`]).
 //! - [`object`]: `data` and `metadata`, held as the client's text where it may be stored as sent.
 //! - `encode`: [`Event::to_json`], the envelope's JSON text as the ingest path writes it.
 //! - [`config`]: the per-tenant stream configuration (`PUT /stream-config/{tenant}`).

@@ -280,12 +280,21 @@ pub(crate) struct Floats {
 pub(crate) fn check_text(text: &str, plan: Option<&Plan>) -> Option<Floats> {
     let mut r = Reader { text, b: text.as_bytes(), i: 0, rewritten: false };
     r.ws();
+    let (floats, end) = check_part(text, r.i, plan)?;
+    r.i = end;
+    r.ws();
+    (r.i == r.b.len()).then_some(floats)
+}
+
+/// [`check_text`] of a part inside a larger text, such as a bulk body: the object that opens at `at`. What it
+/// found, and the position just past the object's `}`.
+pub(crate) fn check_part(text: &str, at: usize, plan: Option<&Plan>) -> Option<(Floats, usize)> {
+    let mut r = Reader { text, b: text.as_bytes(), i: at, rewritten: false };
     if r.peek()? != b'{' {
         return None;
     }
     r.object(LEVELS, plan)?;
-    r.ws();
-    (r.i == r.b.len()).then_some(Floats { rewritten: r.rewritten })
+    Some((Floats { rewritten: r.rewritten }, r.i))
 }
 
 /// How deep a part may nest: serde_json reads at most 127 levels, and the envelope is one of them.

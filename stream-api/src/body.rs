@@ -97,8 +97,8 @@ pub async fn json_document(
 /// send the body to the whole parse too: then the body as a whole is valid JSON exactly when every item is, and the
 /// items are exactly the array's elements. (Nesting aside: each item gets serde's whole depth limit, two levels more
 /// than it has inside the body, as with the serde pass over the whole body that this replaced, which checked every
-/// item's text once before each item was parsed.) The bulk handler first tries one serde pass that takes a body
-/// whose every event is valid (`Pipeline::bulk_documents`), and comes here for any other body.
+/// item's text once before each item was parsed.) The bulk handler first tries one pass that takes a body whose
+/// every event is valid (`Pipeline::bulk_documents`), and comes here for any other body.
 pub fn split_bulk(b: &[u8]) -> Option<Vec<&[u8]>> {
     // JSON's whitespace, and nothing else.
     let is_ws = |c: &u8| matches!(c, b' ' | b'\t' | b'\n' | b'\r');
