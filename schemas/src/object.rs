@@ -278,30 +278,19 @@ pub(crate) struct Floats {
 /// round correctly), and sees each number where it stands, so every float is compared with serde_json's writing
 /// of it. The map-building reader of the tests is its reference.
 pub(crate) fn check_text(text: &str, plan: Option<&Plan>) -> Option<Floats> {
-    let mut r = Reader { text, b: text.as_bytes(), i: 0, rewritten: false };
+    let mut r = Reader::new(text);
     r.ws();
-    let (floats, end) = check_part(text, r.i, plan)?;
-    r.i = end;
+    let floats = r.part(plan)?;
     r.ws();
     (r.i == r.b.len()).then_some(floats)
-}
-
-/// [`check_text`] of a part inside a larger text, such as a bulk body: the object that opens at `at`. What it
-/// found, and the position just past the object's `}`.
-pub(crate) fn check_part(text: &str, at: usize, plan: Option<&Plan>) -> Option<(Floats, usize)> {
-    let mut r = Reader { text, b: text.as_bytes(), i: at, rewritten: false };
-    if r.peek()? != b'{' {
-        return None;
-    }
-    r.object(LEVELS, plan)?;
-    Some((Floats { rewritten: r.rewritten }, r.i))
 }
 
 /// How deep a part may nest: serde_json reads at most 127 levels, and the envelope is one of them.
 pub(crate) const LEVELS: u32 = 126;
 
 /// Where [`check_text`] is in the text, and whether it has seen a float written otherwise than serde_json writes it.
-struct Reader<'t> {
+/// The bulk body's reader (`event::bulk`) reads its envelopes with it too.
+pub(crate) struct Reader<'t> {
     text: &'t str,
     b: &'t [u8],
     i: usize,
@@ -309,24 +298,70 @@ struct Reader<'t> {
 }
 
 impl<'t> Reader<'t> {
-    fn peek(&self) -> Option<u8> {
+    pub(crate) fn new(text: &'t str) -> Self {
+        Reader { text, b: text.as_bytes(), i: 0, rewritten: false }
+    }
+
+    pub(crate) fn position(&self) -> usize {
+        self.i
+    }
+
+    /// Back to an earlier position.
+    pub(crate) fn rewind(&mut self, to: usize) {
+        self.i = to;
+    }
+
+    /// The text from `start` to the current position.
+    pub(crate) fn since(&self, start: usize) -> Option<&'t str> {
+        self.text.get(start..self.i)
+    }
+
+    /// Whether the whole text has been read.
+    pub(crate) fn at_end(&self) -> bool {
+        self.i == self.b.len()
+    }
+
+    pub(crate) fn peek(&self) -> Option<u8> {
         self.b.get(self.i).copied()
     }
 
     /// JSON's whitespace (serde_json's too): space, tab, line feed, carriage return.
-    fn ws(&mut self) {
+    pub(crate) fn ws(&mut self) {
         while matches!(self.b.get(self.i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
             self.i += 1;
         }
     }
 
-    fn eat(&mut self, c: u8) -> Option<()> {
+    pub(crate) fn eat(&mut self, c: u8) -> Option<()> {
         (self.peek()? == c).then(|| self.i += 1)
     }
 
-    fn literal(&mut self, word: &[u8]) -> Option<()> {
+    pub(crate) fn literal(&mut self, word: &[u8]) -> Option<()> {
         let end = self.i + word.len();
         (self.b.get(self.i..end)? == word).then(|| self.i = end)
+    }
+
+    /// A part (`data`, `metadata`): the object that opens here, checked as [`check_text`] checks a whole text.
+    /// What it found of the floats; on `None` the position is wherever the check stopped.
+    pub(crate) fn part(&mut self, plan: Option<&Plan>) -> Option<Floats> {
+        if self.peek()? != b'{' {
+            return None;
+        }
+        self.rewritten = false;
+        self.object(LEVELS, plan)?;
+        Some(Floats { rewritten: self.rewritten })
+    }
+
+    /// A string without escapes, borrowed from the text; `None` for one with an escape or a control character,
+    /// or for anything but a string.
+    pub(crate) fn plain_string(&mut self) -> Option<&'t str> {
+        if self.peek()? != b'"' {
+            return None;
+        }
+        match self.string()? {
+            Cow::Borrowed(s) => Some(s),
+            Cow::Owned(_) => None,
+        }
     }
 
     /// A value, checked against `schema` when it is a member of `data` with one. `levels`: how many more arrays
@@ -427,7 +462,7 @@ impl<'t> Reader<'t> {
     }
 
     /// After a member or element: `Some(true)` past a comma (another one follows), `Some(false)` past `close`.
-    fn more(&mut self, close: u8) -> Option<bool> {
+    pub(crate) fn more(&mut self, close: u8) -> Option<bool> {
         self.ws();
         let c = self.peek()?;
         self.i += 1;
