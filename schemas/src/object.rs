@@ -358,10 +358,14 @@ impl<'t> Reader<'t> {
         if self.peek()? != b'"' {
             return None;
         }
-        match self.string()? {
-            Cow::Borrowed(s) => Some(s),
-            Cow::Owned(_) => None,
+        let start = self.i + 1;
+        let end = start + crate::scan::quote_backslash_or_control(self.b.get(start..)?)?;
+        if self.b[end] != b'"' {
+            return None;
         }
+        self.i = end + 1;
+        // Both ends are next to a quote, an ASCII byte, so on character boundaries.
+        self.text.get(start..end)
     }
 
     /// A value, checked against `schema` when it is a member of `data` with one. `levels`: how many more arrays
