@@ -29,6 +29,11 @@ fuzz_target!(|data: &[u8]| {
                 .map(|e| schemas::event::parse_text(e.get(), &CATALOG).expect("each event takes the fast path"))
                 .collect();
             assert_eq!(drafts, each);
+            // The texts stored as sent too (drafts compare their parts' values only).
+            let texts = |d: &schemas::event::EventDraft| {
+                (d.data.text().map(str::to_string), d.metadata.text().map(str::to_string))
+            };
+            assert_eq!(drafts.iter().map(texts).collect::<Vec<_>>(), each.iter().map(texts).collect::<Vec<_>>());
         }
     }
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else { return };

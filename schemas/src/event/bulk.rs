@@ -1,7 +1,8 @@
 //! The bulk body's reader: `{"events": [event, ...]}` in one pass, each event's envelope read here and its `data`
 //! and `metadata` checked where they stand, by the reader that checks a part's text ([`Reader`]). When an event
 //! gives its type before its `data`, as clients write it, `data` is checked against the type's schema plan as it is
-//! read, and a valid event's bytes are read once.
+//! read, and a valid event's bytes are read once (a type without a plan, a part the plan cannot decide, and a float
+//! written otherwise than serde_json writes it still send the part to a second reading).
 //!
 //! It takes only events that [`super::parse_text`] takes, with the same drafts (the same stored texts too). It
 //! leaves to the item-by-item path, which takes them, only envelope field names written with escapes, which no
