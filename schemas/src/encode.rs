@@ -50,9 +50,7 @@ impl Event {
         o.push(b'}');
         Some(out)
     }
-}
 
-impl Event {
     /// Room for [`Event::to_json`]'s whole text, so that it is allocated once: exact but for the timestamps when no
     /// string needs escaping and `data` and `metadata` are kept as text (a map is guessed at 64 bytes an entry).
     fn json_capacity(&self) -> usize {

@@ -86,14 +86,18 @@ fn part<'a>(r: &mut Reader<'a>, schema: Schema<'_>) -> Option<Option<Part<'a>>> 
     Some(Some(Part { text: r.since(start)?, checked }))
 }
 
-/// An event's envelope, from its `{`: only the known fields, each at most once, each of its type.
+/// An event's envelope, from its `{`: only the known fields, each at most once, each of its type. A required field
+/// that is `null` is as missing.
 fn envelope<'a>(r: &mut Reader<'a>, catalog: &Catalog) -> Option<Envelope<'a>> {
     r.eat(b'{')?;
     r.ws();
     let mut seen = 0u16;
-    let (mut id, mut tenant_id, mut event_type, mut source) = (None, None, None::<EventType>, None);
+    let (mut id, mut tenant_id, mut event_type, mut source) = (None, None, None, None);
     let (mut action, mut entity_id, mut entity_type) = (None, None, None);
     let (mut data, mut metadata, mut occurred_at, mut correlation_id) = (None, None, None, None);
+    // Set by evstream: accepted as strings and overwritten (see `KNOWN_FIELDS`).
+    let (mut received_at, mut schema_version) = (None, None);
+    let mut type_text = None;
     if r.peek()? == b'}' {
         r.eat(b'}')?;
     } else {
@@ -104,34 +108,6 @@ fn envelope<'a>(r: &mut Reader<'a>, catalog: &Catalog) -> Option<Envelope<'a>> {
             r.ws();
             // Each field's bit, to refuse a repeated one.
             let field: u16 = match key {
-                "id" => {
-                    id = opt_string(r)?;
-                    1
-                }
-                "tenantId" => {
-                    tenant_id = Some(r.plain_string()?);
-                    1 << 1
-                }
-                "eventType" => {
-                    event_type = Some(EventType::parse(r.plain_string()?)?);
-                    1 << 2
-                }
-                "source" => {
-                    source = Some(r.plain_string()?);
-                    1 << 3
-                }
-                "action" => {
-                    action = opt_string(r)?;
-                    1 << 4
-                }
-                "entityId" => {
-                    entity_id = opt_string(r)?;
-                    1 << 5
-                }
-                "entityType" => {
-                    entity_type = opt_string(r)?;
-                    1 << 6
-                }
                 "data" => {
                     let schema = match event_type.map(|t| catalog.plan(t)) {
                         None => Schema::Later,
@@ -145,29 +121,33 @@ fn envelope<'a>(r: &mut Reader<'a>, catalog: &Catalog) -> Option<Envelope<'a>> {
                     metadata = part(r, Schema::Later)?;
                     1 << 8
                 }
-                "occurredAt" => {
-                    occurred_at = opt_string(r)?;
-                    1 << 9
+                _ => {
+                    let (field, value) = match key {
+                        "id" => (1, &mut id),
+                        "tenantId" => (1 << 1, &mut tenant_id),
+                        "eventType" => (1 << 2, &mut type_text),
+                        "source" => (1 << 3, &mut source),
+                        "action" => (1 << 4, &mut action),
+                        "entityId" => (1 << 5, &mut entity_id),
+                        "entityType" => (1 << 6, &mut entity_type),
+                        "occurredAt" => (1 << 9, &mut occurred_at),
+                        "correlationId" => (1 << 10, &mut correlation_id),
+                        "receivedAt" => (1 << 11, &mut received_at),
+                        "schemaVersion" => (1 << 12, &mut schema_version),
+                        _ => return None,
+                    };
+                    *value = opt_string(r)?;
+                    field
                 }
-                "correlationId" => {
-                    correlation_id = opt_string(r)?;
-                    1 << 10
-                }
-                // Set by evstream: accepted as strings and overwritten (see `KNOWN_FIELDS`).
-                "receivedAt" => {
-                    opt_string(r)?;
-                    1 << 11
-                }
-                "schemaVersion" => {
-                    opt_string(r)?;
-                    1 << 12
-                }
-                _ => return None,
             };
             if seen & field != 0 {
                 return None;
             }
             seen |= field;
+            // The type as soon as it is known, for the schema of a `data` that follows.
+            if let (Some(text), None) = (type_text, event_type) {
+                event_type = Some(EventType::parse(text)?);
+            }
             if !r.more(b'}')? {
                 break;
             }
