@@ -133,4 +133,18 @@ pub struct Common {
     /// Events waiting for Redis; beyond it they are dropped from the real-time window (Kafka keeps them).
     #[arg(long, env = "EVSTREAM_REDIS_QUEUE", default_value_t = 100000)]
     pub redis_queue: usize,
+    /// Threads that run the roles' work (HTTP, validation, alert evaluation). Unset: one fewer than the cores the
+    /// process may use, at least one, so that librdkafka's own threads (not counted here) have a core.
+    #[arg(long, env = "EVSTREAM_WORKER_THREADS", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub worker_threads: Option<u64>,
+}
+
+impl Common {
+    /// The worker threads to run with: the flag's, or one fewer than `cores` (at least one).
+    pub fn workers(&self, cores: usize) -> usize {
+        match self.worker_threads {
+            Some(n) => usize::try_from(n).unwrap_or(1),
+            None => cores.saturating_sub(1).max(1),
+        }
+    }
 }
