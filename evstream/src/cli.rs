@@ -133,18 +133,99 @@ pub struct Common {
     /// Events waiting for Redis; beyond it they are dropped from the real-time window (Kafka keeps them).
     #[arg(long, env = "EVSTREAM_REDIS_QUEUE", default_value_t = 100000)]
     pub redis_queue: usize,
-    /// Threads that run the roles' work (HTTP, validation, alert evaluation). Unset: one fewer than the cores the
-    /// process may use, at least one, so that librdkafka's own threads (not counted here) have a core.
-    #[arg(long, env = "EVSTREAM_WORKER_THREADS", value_parser = clap::value_parser!(u64).range(1..=1024))]
-    pub worker_threads: Option<u64>,
+    /// Threads that run the roles' work (HTTP, validation, alert evaluation), 1 to 1024. Unset: one fewer than
+    /// the cores the process may use, at least one, so that librdkafka's own threads compete with fewer workers.
+    #[arg(long, env = "EVSTREAM_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
 }
 
-impl Common {
-    /// The worker threads to run with: the flag's, or one fewer than `cores` (at least one).
-    pub fn workers(&self, cores: usize) -> usize {
-        match self.worker_threads {
-            Some(n) => usize::try_from(n).unwrap_or(1),
-            None => cores.saturating_sub(1).max(1),
+/// The worker threads of a role: `flag` when given, else one fewer than `cores`, at least one.
+pub fn role_workers(flag: Option<u16>, cores: usize) -> usize {
+    match flag {
+        Some(n) => usize::from(n),
+        None => cores.saturating_sub(1).max(1),
+    }
+}
+
+impl Command {
+    /// The worker threads this command's runtime gets: the roles' count (see [`role_workers`]) for the roles;
+    /// `None`, tokio's default of one per core, for the measurement and maintenance programs, whose figures are
+    /// compared with earlier runs.
+    pub fn worker_threads(&self, cores: usize) -> Option<usize> {
+        match self {
+            Command::Serve(o) | Command::Api(o) | Command::Alerts(o) | Command::ChangeFeed(o) => {
+                Some(role_workers(o.worker_threads, cores))
+            }
+            Command::Bench(_)
+            | Command::BenchProducer(_)
+            | Command::BenchSummary(_)
+            | Command::NoisyNeighbour(_)
+            | Command::AlertLatency(_)
+            | Command::AuditVerify(_)
+            | Command::PolicyBench(_) => None,
+        }
+    }
+}
+
+/// A multi-threaded runtime with `workers` worker threads, or tokio's default when `None`.
+pub fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        b.worker_threads(n);
+    }
+    b.enable_all().build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn command(args: &[&str]) -> Result<Command, clap::Error> {
+        Cli::try_parse_from(std::iter::once("evstream").chain(args.iter().copied())).map(|c| c.command)
+    }
+
+    /// Unset, a role runs one worker fewer than the cores, and never none.
+    #[test]
+    fn by_default_a_role_runs_one_worker_fewer_than_the_cores() {
+        assert_eq!([1, 2, 4, 16].map(|cores| role_workers(None, cores)), [1, 1, 3, 15]);
+    }
+
+    /// A count given with the flag is taken as it is, whatever the cores.
+    #[test]
+    fn a_given_worker_count_is_taken_as_it_is() {
+        assert_eq!([1, 2, 16].map(|cores| role_workers(Some(3), cores)), [3, 3, 3]);
+        let api = command(&["api", "--worker-threads", "3"]).expect("a count");
+        assert_eq!(api.worker_threads(16), Some(3));
+    }
+
+    /// Every role gets the roles' count; the measurement programs keep tokio's default.
+    #[test]
+    fn only_the_roles_get_the_roles_worker_count() {
+        for role in ["serve", "api", "alerts", "change-feed"] {
+            let c = command(&[role, "--worker-threads", "5"]).expect(role);
+            assert_eq!(c.worker_threads(2), Some(5), "{role}");
+        }
+        for program in [&["bench"][..], &["noisy-neighbour"], &["alert-latency"], &["policy-bench"]] {
+            let c = command(program).expect(program[0]);
+            assert_eq!(c.worker_threads(2), None, "{}", program[0]);
+        }
+    }
+
+    /// Zero, a negative count, a word, or more than 1024 is refused with an error that names the flag.
+    #[test]
+    fn a_bad_worker_count_is_refused_naming_the_flag() {
+        for bad in ["0", "-1", "two", "1025"] {
+            let e = command(&["api", &format!("--worker-threads={bad}")]).expect_err(bad).to_string();
+            assert!(e.contains("--worker-threads"), "{bad}: {e}");
+        }
+    }
+
+    /// The runtime runs exactly the workers it was given.
+    #[test]
+    fn the_runtime_runs_the_workers_asked_for() {
+        for n in [1, 3] {
+            assert_eq!(runtime(Some(n)).expect("runtime").metrics().num_workers(), n);
         }
     }
 }

@@ -28,18 +28,11 @@ fn main() -> anyhow::Result<()> {
         _ => BoxMakeWriter::new(std::io::stdout),
     };
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(writer).init();
-    // The platform's roles leave a core to librdkafka's threads (see `Common::workers`); the measurement programs
-    // keep tokio's default of one worker per core.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let workers = match &cli.command {
-        cli::Command::Serve(o) | cli::Command::Api(o) | cli::Command::Alerts(o) | cli::Command::ChangeFeed(o) => {
-            Some(o.workers(cores))
-        }
-        _ => None,
-    };
-    let rt = runtime(workers)?;
+    let workers = cli.command.worker_threads(cores);
+    let rt = cli::runtime(workers)?;
     if let Some(workers) = workers {
-        tracing::info!(worker_threads = workers, cores, "runtime started");
+        tracing::info!(worker_threads = workers, cores, "runtime built");
     }
     rt.block_on(async move {
         match cli.command {
@@ -64,51 +57,4 @@ fn main() -> anyhow::Result<()> {
             cli::Command::AlertLatency(a) => alert_bench::run(a).await,
         }
     })
-}
-
-/// A multi-threaded runtime with `workers` worker threads, or tokio's default (one per core) when `None`.
-fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = workers {
-        b.worker_threads(n);
-    }
-    b.enable_all().build()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn common(args: &[&str]) -> Result<cli::Common, clap::Error> {
-        let cli = cli::Cli::try_parse_from(["evstream", "api"].iter().chain(args))?;
-        match cli.command {
-            cli::Command::Api(o) => Ok(o),
-            other => panic!("parsed as {other:?}"),
-        }
-    }
-
-    #[test]
-    fn the_roles_leave_one_core_to_librdkafka_unless_told() {
-        let o = common(&[]).expect("no flags");
-        assert_eq!([1, 2, 4, 16].map(|cores| o.workers(cores)), [1, 1, 3, 15]);
-        let o = common(&["--worker-threads", "3"]).expect("a count");
-        assert_eq!([1, 2, 16].map(|cores| o.workers(cores)), [3, 3, 3]);
-    }
-
-    #[test]
-    fn a_worker_count_of_zero_or_not_a_number_is_refused_naming_the_flag() {
-        for bad in ["0", "-1", "two", "1025"] {
-            let e = common(&[&format!("--worker-threads={bad}")]).expect_err(bad).to_string();
-            assert!(e.contains("--worker-threads"), "{bad}: {e}");
-        }
-    }
-
-    #[test]
-    fn the_runtime_runs_the_workers_asked_for() {
-        for n in [1, 3] {
-            assert_eq!(runtime(Some(n)).expect("runtime").metrics().num_workers(), n);
-        }
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        assert_eq!(runtime(None).expect("runtime").metrics().num_workers(), cores);
-    }
 }
